@@ -1,0 +1,422 @@
+"""``facerank``: train, index, query, classify, evaluate and demo from the shell.
+
+Every command is a few lines over the library. Errors become one line on stderr and an exit code:
+0 success, 1 a facerank error (missing store, unreadable photo, ...), 2 a usage error.
+Set ``FACERANK_DEBUG=1`` or pass ``--debug`` for the full traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from facerank.errors import FacerankError
+
+app = typer.Typer(
+    name="facerank", no_args_is_help=True, add_completion=False,
+    help="Fine-tune ResNet50 on your own people, index its face prints, and ask of a photo "
+         "who it is and which gallery images are closest.\n\n"
+         "Example:  facerank train GALLERY/ --store faces/ && facerank index build GALLERY/ "
+         "--store faces/ && facerank query photo.jpg --store faces/")
+index_app = typer.Typer(no_args_is_help=True, help="Build, change and inspect a store's index.")
+app.add_typer(index_app, name="index")
+
+_debug = {"on": bool(os.environ.get("FACERANK_DEBUG"))}
+
+StoreOption = typer.Option(None, "--store", "-s", help="Store folder (default: $FACERANK_STORE, "
+                           "else ./facerank-store).", show_default=False)
+JsonOption = typer.Option(False, "--json", help="Print JSON for scripts instead of tables.")
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")):
+    if debug:
+        _debug["on"] = True
+
+
+def handles_errors(command):
+    """Turn facerank errors into one line and exit 1; bad arguments into exit 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            with warnings.catch_warnings():
+                if not _debug["on"]:
+                    warnings.simplefilter("ignore", UserWarning)
+                return command(*args, **kwargs)
+        except (FacerankError, ValueError, TypeError) as error:
+            if _debug["on"]:
+                raise
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1 if isinstance(error, FacerankError) else 2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _store_path(store: Optional[Path]) -> Path:
+    from facerank.api import default_store_path
+
+    return store if store is not None else default_store_path()
+
+
+def _emit_json(value) -> None:
+    typer.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _report_skipped(skipped) -> None:
+    if skipped:
+        typer.echo(f"skipped {len(skipped)} file(s):", err=True)
+        for path, reason in skipped[:20]:
+            typer.echo(f"  {path}: {reason}", err=True)
+        if len(skipped) > 20:
+            typer.echo(f"  ... and {len(skipped) - 20} more (use --json for all)", err=True)
+
+
+# -- train ---------------------------------------------------------------------------------------
+
+@app.command()
+@handles_errors
+def train(
+    gallery: Path = typer.Argument(..., help="Folder with one sub-folder of images per person."),
+    store: Optional[Path] = StoreOption,
+    preset: str = typer.Option("auto", help="Recipe: sgd, freeze, scratch, or auto (scratch for "
+                               "--weights none, else sgd)."),
+    weights: str = typer.Option("imagenet", help="Backbone start: imagenet (downloaded once to "
+                                "$TORCH_HOME), none (random), or a path to a ResNet50 state dict."),
+    epochs: Optional[int] = typer.Option(None, help="Override the preset's epochs."),
+    image_size: Optional[int] = typer.Option(None, help="Override the preset's input size (px)."),
+    lr: Optional[float] = typer.Option(None, help="Override the preset's learning rate."),
+    batch_size: Optional[int] = typer.Option(None, help="Override the preset's batch size."),
+    test_fraction: float = typer.Option(0.3, help="Held-out share of each person's images."),
+    seed: int = typer.Option(0, help="Seed for the split, initialisation and augmentation."),
+    shear: float = typer.Option(0.0, help="Random shear augmentation, degrees."),
+    zoom: float = typer.Option(0.0, help="Random zoom augmentation, +- fraction."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run from its checkpoint."),
+    as_json: bool = JsonOption,
+):
+    """Fine-tune ResNet50 on GALLERY and save the model into the store.
+
+    Writes loss/accuracy per epoch to STORE/train/history.json and curves.png.
+
+    Example:  facerank train photos/ --store faces/ --weights none --epochs 40
+    """
+    from facerank.train import preset as make_preset, train as run_training
+
+    name = ("scratch" if weights == "none" else "sgd") if preset == "auto" else preset
+    overrides = {k: v for k, v in dict(epochs=epochs, image_size=image_size, lr=lr,
+                                       batch_size=batch_size).items() if v is not None}
+    config = make_preset(name, test_fraction=test_fraction, seed=seed, shear=shear, zoom=zoom,
+                         **overrides)
+    folder = _store_path(store)
+    result = run_training(gallery, folder, config, weights=weights, resume=resume,
+                          show_progress=not as_json)
+    if as_json:
+        _emit_json({"store": str(folder), "preset": name, **result.to_json()})
+        return
+    _report_skipped(result.skipped)
+    last = result.history[-1]
+    typer.echo(f"trained '{name}' on {result.train_images} images of {len(result.people)} people "
+               f"in {result.seconds:.0f}s (weights: {result.weights_origin})")
+    if result.test_accuracy is not None:
+        typer.echo(f"held-out accuracy {result.test_accuracy:.1%} on {result.test_images} images "
+                   f"(best epoch {result.best_epoch} of {last['epoch']})")
+    if result.train_only:
+        typer.echo(f"trained on but not tested (one image each): {', '.join(result.train_only)}")
+    typer.echo(f"model saved in {folder}; curves in {folder / 'train' / 'curves.png'}")
+    typer.echo(f"next: facerank index build {gallery} --store {folder}")
+
+
+# -- index ---------------------------------------------------------------------------------------
+
+@index_app.command("build")
+@handles_errors
+def index_build(
+    gallery: Path = typer.Argument(..., help="One-folder-per-person gallery to index."),
+    store: Optional[Path] = StoreOption,
+    as_json: bool = JsonOption,
+):
+    """Embed every image of GALLERY into the store's index.
+
+    Re-running embeds only new or changed files and drops deleted ones.
+
+    Example:  facerank index build photos/ --store faces/
+    """
+    from facerank.store import FaceStore
+
+    opened = FaceStore.open(_store_path(store))
+    report = opened.sync_folder(gallery, show_progress=not as_json)
+    _print_change(report, opened, as_json)
+
+
+@index_app.command("add")
+@handles_errors
+def index_add(
+    images: List[Path] = typer.Argument(..., help="Image files to add."),
+    person: str = typer.Option(..., "--person", "-p", help="Who they show (new or existing)."),
+    store: Optional[Path] = StoreOption,
+    as_json: bool = JsonOption,
+):
+    """Add images of one person to the index, without rebuilding it.
+
+    Example:  facerank index add new/ada_1.jpg new/ada_2.jpg --person ada --store faces/
+    """
+    from facerank.store import FaceStore
+
+    opened = FaceStore.open(_store_path(store))
+    report = opened.add(images, person=person, show_progress=not as_json)
+    _print_change(report, opened, as_json)
+
+
+@index_app.command("remove")
+@handles_errors
+def index_remove(
+    paths: Optional[List[Path]] = typer.Argument(None, help="Indexed image files to remove."),
+    person: Optional[str] = typer.Option(None, "--person", "-p", help="Remove all of a person."),
+    ids: Optional[List[int]] = typer.Option(None, "--id", help="Record id to remove (repeatable)."),
+    store: Optional[Path] = StoreOption,
+    as_json: bool = JsonOption,
+):
+    """Remove images (by path or id) or a whole person from the index.
+
+    Example:  facerank index remove --person ada --store faces/
+    """
+    from facerank.store import FaceStore
+
+    if not paths and person is None and not ids:
+        raise ValueError("say what to remove: image paths, --person NAME or --id N")
+    opened = FaceStore.open(_store_path(store))
+    report = opened.remove(ids=ids or (), paths=paths or (), person=person)
+    _print_change(report, opened, as_json)
+
+
+@index_app.command("info")
+@handles_errors
+def index_info(store: Optional[Path] = StoreOption, as_json: bool = JsonOption):
+    """Describe a store: model, preprocessing, index size, images per person.
+
+    Example:  facerank index info --store faces/ --json
+    """
+    from facerank.store import FaceStore
+
+    info = FaceStore.open(_store_path(store)).info()
+    if as_json:
+        _emit_json(info)
+        return
+    for key, value in info.items():
+        if key != "images_per_person":
+            typer.echo(f"{key:>22}: {value}")
+    counts = info["images_per_person"]
+    if counts:
+        shown = ", ".join(f"{p} ({n})" for p, n in list(counts.items())[:10])
+        typer.echo(f"{'people':>22}: {shown}{' ...' if len(counts) > 10 else ''}")
+
+
+def _print_change(report, opened, as_json: bool) -> None:
+    if as_json:
+        _emit_json({**report.to_json(), "images": len(opened)})
+        return
+    _report_skipped(report.skipped)
+    typer.echo(f"added {report.added}, updated {report.updated}, removed {report.removed}, "
+               f"unchanged {report.unchanged}, re-embedded {report.reembedded}; "
+               f"the index holds {len(opened)} images")
+
+
+# -- queries -------------------------------------------------------------------------------------
+
+@app.command()
+@handles_errors
+def query(
+    photos: List[Path] = typer.Argument(..., help="Photo(s) to look up."),
+    store: Optional[Path] = StoreOption,
+    k: int = typer.Option(5, "-k", help="How many closest gallery images."),
+    top_k: int = typer.Option(5, help="How many people with probabilities."),
+    as_json: bool = JsonOption,
+):
+    """Who is it (top people with probabilities) and which gallery images are closest.
+
+    Example:  facerank query photo.jpg --store faces/ -k 5
+    """
+    import facerank
+
+    opened = facerank.open(_store_path(store))
+    results = []
+    for photo in photos:
+        matches, predictions = opened.query(photo, k=k, top_k=top_k)
+        results.append({"photo": str(photo), "people": [vars(p) for p in predictions],
+                        "closest": [vars(m) for m in matches]})
+    if as_json:
+        _emit_json(results if len(results) > 1 else results[0])
+        return
+    for result in results:
+        _print_people(result["photo"], result["people"])
+        _print_closest(result["photo"], result["closest"])
+
+
+@app.command()
+@handles_errors
+def classify(
+    photos: List[Path] = typer.Argument(..., help="Photo(s) to identify."),
+    store: Optional[Path] = StoreOption,
+    top_k: int = typer.Option(5, help="How many people with probabilities."),
+    as_json: bool = JsonOption,
+):
+    """Who is it: the top people by the fine-tuned classifier, with probabilities.
+
+    Example:  facerank classify photo.jpg --store faces/ --top-k 3 --json
+    """
+    import facerank
+
+    opened = facerank.open(_store_path(store))
+    results = [{"photo": str(photo), "people": [vars(p) for p in opened.classify(photo, top_k=top_k)]}
+               for photo in photos]
+    if as_json:
+        _emit_json(results if len(results) > 1 else results[0])
+        return
+    for result in results:
+        _print_people(result["photo"], result["people"])
+
+
+def _print_people(photo: str, people: list[dict]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"who is {photo}", title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("person")
+    table.add_column("probability", justify="right")
+    table.add_column("")
+    for p in people:
+        table.add_row(str(p["rank"] + 1), p["person"], f"{p['probability']:.1%}",
+                      "█" * round(p["probability"] * 20))
+    _console().print(table)
+
+
+def _print_closest(photo: str, matches: list[dict]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"closest gallery images to {photo}", title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("person")
+    table.add_column("distance", justify="right")
+    table.add_column("path", overflow="fold")
+    for m in matches:
+        table.add_row(str(m["rank"] + 1), m["person"], f"{m['distance']:.4f}", m["path"])
+    _console().print(table)
+
+
+# -- evaluate ------------------------------------------------------------------------------------
+
+@app.command()
+@handles_errors
+def evaluate(
+    gallery: Optional[Path] = typer.Argument(None, help="Test gallery (default: the held-out "
+                                             "split saved by train)."),
+    store: Optional[Path] = StoreOption,
+    plot: Optional[Path] = typer.Option(None, help="Confusion-matrix PNG (default: "
+                                        "STORE/train/confusion.png)."),
+    as_json: bool = JsonOption,
+):
+    """Accuracy, macro precision/recall/F1 and a confusion matrix on held-out images.
+
+    Example:  facerank evaluate --store faces/ --plot confusion.png
+    """
+    from facerank.evaluate import evaluate as run_evaluation
+
+    folder = _store_path(store)
+    plot = plot or folder / "train" / "confusion.png"
+    result = run_evaluation(folder, gallery, confusion_png=plot)
+    if as_json:
+        _emit_json({**result.to_json(), "confusion_png": str(plot)})
+        return
+    _report_skipped(result.skipped)
+    typer.echo(f"{result.images} held-out images of {result.people} people")
+    typer.echo(f"  classifier: accuracy {result.accuracy:.1%}, top-5 {result.top5_accuracy:.1%}, "
+               f"precision {result.precision:.1%}, recall {result.recall:.1%}, F1 {result.f1:.1%}")
+    if result.nearest_neighbour_accuracy is not None:
+        typer.echo(f"  1-nearest-neighbour over training images: "
+                   f"{result.nearest_neighbour_accuracy:.1%}")
+    if result.unknown_people:
+        typer.echo(f"  not scored (unknown to the classifier): {', '.join(result.unknown_people)}")
+    typer.echo(f"confusion matrix: {plot}")
+
+
+# -- demo ----------------------------------------------------------------------------------------
+
+DEMO_GALLERY = Path(__file__).resolve().parents[1] / "examples" / "gallery"
+
+
+@app.command()
+@handles_errors
+def demo(
+    gallery: Path = typer.Option(DEMO_GALLERY, help="Gallery to demo on (default: the bundled "
+                                 "ORL subset)."),
+    store: Path = typer.Option(Path("facerank-demo"), "--store", "-s", help="Store to create."),
+    weights: str = typer.Option("none", help="none (default: works offline), imagenet, or a path."),
+    epochs: int = typer.Option(30, help="Training epochs."),
+    image_size: int = typer.Option(64, help="Input size in pixels."),
+    as_json: bool = JsonOption,
+):
+    """Train on a small gallery, index its training split, and identify a held-out photo.
+
+    Example:  facerank demo
+    """
+    import json as _json
+
+    from facerank.evaluate import evaluate as run_evaluation
+    from facerank.store import FaceStore
+    from facerank.train import preset as make_preset, train as run_training
+
+    if not gallery.is_dir():
+        raise FacerankError(f"demo gallery {gallery} not found; pass --gallery FOLDER (one "
+                            "sub-folder of images per person)")
+    name = "scratch" if weights == "none" else "sgd"
+    config = make_preset(name, epochs=epochs, image_size=image_size)
+    say = (lambda *_: None) if as_json else typer.echo
+    say(f"1/4 training '{name}' preset on {gallery} ({epochs} epochs at {image_size} px, "
+        f"weights: {weights}) ...")
+    trained = run_training(gallery, store, config, weights=weights, show_progress=not as_json)
+    split = _json.loads((store / "train" / "split.json").read_text())
+    say(f"2/4 indexing the {len(split['train'])} training images ...")
+    opened = FaceStore.open(store)
+    for person in sorted({p for _, p in split["train"]}):
+        opened.add([path for path, p in split["train"] if p == person], person=person)
+    photo, truth = split["test"][0]
+    say(f"3/4 asking about {photo}, a photo of {truth} that training never saw:")
+    matches, predictions = opened.query(photo, k=3, top_k=5)
+    evaluation = run_evaluation(opened)
+    if as_json:
+        _emit_json({"photo": photo, "truth": truth, "people": [vars(p) for p in predictions],
+                    "closest": [vars(m) for m in matches], "train": trained.to_json(),
+                    "evaluation": evaluation.to_json()})
+        return
+    _print_people(photo, [vars(p) for p in predictions])
+    _print_closest(photo, [vars(m) for m in matches])
+    verdict = "right" if predictions[0].person == truth else "wrong"
+    say(f"the answer is {verdict}: {predictions[0].person} (truth: {truth})")
+    say(f"4/4 held-out accuracy over {evaluation.images} unseen photos: classifier "
+        f"{evaluation.accuracy:.1%}, nearest neighbour {evaluation.nearest_neighbour_accuracy:.1%} "
+        f"(from {'random initialisation' if weights == 'none' else weights} weights)")
+    say(f"store left in {store}; try: facerank query {photo} --store {store}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""facerank: fine-tune ResNet50 on your own people, index its face prints, ask who and which.
+
+    >>> import facerank
+    >>> facerank.classify("photo.jpg", top_k=3)      # who is it
+    >>> facerank.closest("photo.jpg", k=5)           # which gallery images are closest
+    >>> store = facerank.open("faces/")              # open once, query many times
+
+The module-level functions use the default store: ``$FACERANK_STORE``, else ``./facerank-store``.
+Importing facerank is cheap: torch, FAISS and the model load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# Public name → module that defines it. Loaded on first access (PEP 562) so that
+# `import facerank` neither imports torch nor loads a model.
+_EXPORTS = {
+    "open": "facerank.api", "closest": "facerank.api", "classify": "facerank.api",
+    "embed": "facerank.api",
+    "default_store_path": "facerank.api",
+    "FaceStore": "facerank.store", "Match": "facerank.store", "Prediction": "facerank.store",
+    "ChangeReport": "facerank.store", "Record": "facerank.store",
+    "FaceModel": "facerank.model", "ModelConfig": "facerank.model",
+    "FaceIndex": "facerank.index",
+    "TrainConfig": "facerank.train", "PRESETS": "facerank.train", "preset": "facerank.train",
+    "train": "facerank.train", "TrainResult": "facerank.train",
+    "evaluate": "facerank.evaluate", "Evaluation": "facerank.evaluate",
+    "scan_gallery": "facerank.gallery", "split_gallery": "facerank.gallery",
+    "load_image": "facerank.images",
+    "FacerankError": "facerank.errors", "ImageError": "facerank.errors",
+    "GalleryError": "facerank.errors", "StoreError": "facerank.errors",
+    "StoreMismatchError": "facerank.errors", "StoreLockedError": "facerank.errors",
+    "WeightsUnavailableError": "facerank.errors",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'facerank' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

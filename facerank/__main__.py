@@ -1,0 +1,5 @@
+"""``python -m facerank`` runs the command line."""
+
+from facerank.cli.app import main
+
+main()

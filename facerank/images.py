@@ -1,0 +1,154 @@
+"""Any image input → an RGB ``PIL.Image``, or an ``ImageError`` that names the input and the fault.
+
+Accepted inputs: a path (``str`` or ``Path``), raw encoded ``bytes``, a ``PIL.Image`` or a numpy
+array (``HxW`` greyscale or ``HxWx3``/``HxWx4``, uint8 or float in [0, 1]). EXIF orientation is
+applied, animated images give their first frame, and every mode (greyscale, palette, CMYK, RGBA,
+16-bit, float) is converted to 8-bit RGB.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from facerank.errors import ImageError
+
+ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray]
+
+#: File name endings a gallery scan picks up (lower case).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".pbm", ".gif", ".bmp",
+                            ".webp", ".tif", ".tiff"})
+
+#: Larger images are refused before they are decoded: a 'decompression bomb' of a few KB can
+#: otherwise ask for gigabytes. 40 megapixels is above any camera photo people index.
+MAX_PIXELS = 40_000_000
+
+
+def describe(source: ImageInput) -> str:
+    """A short name for an input, for messages: the path, or the kind of object."""
+    if isinstance(source, (str, Path)):
+        return str(source)
+    if isinstance(source, bytes):
+        return f"<{len(source)} bytes>"
+    if isinstance(source, np.ndarray):
+        return f"<array {source.shape} {source.dtype}>"
+    return f"<{type(source).__name__}>"
+
+
+def is_image_input(value: object) -> bool:
+    """True for one image (as opposed to a list of them)."""
+    return isinstance(value, (str, Path, bytes, Image.Image, np.ndarray))
+
+
+def load_image(source: ImageInput) -> Image.Image:
+    """Read one image as 8-bit RGB.
+
+    >>> load_image("gallery/ada/1.jpg").mode
+    'RGB'
+
+    Raises ``ImageError`` (naming the file) for anything that is not a readable image, and
+    ``TypeError`` for inputs of an unsupported type.
+    """
+    name = describe(source)
+    if isinstance(source, np.ndarray):
+        return _from_array(source, name)
+    if isinstance(source, Image.Image):
+        return _to_rgb(source, name)
+    if isinstance(source, bytes):
+        if not source:
+            raise ImageError(name, "empty input (0 bytes)")
+        return _decode(io.BytesIO(source), name)
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        try:
+            with path.open("rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            raise ImageError(name, "no such file") from None
+        except IsADirectoryError:
+            raise ImageError(name, "is a directory, not an image") from None
+        except PermissionError:
+            raise ImageError(name, "permission denied") from None
+        except OSError as error:
+            raise ImageError(name, f"cannot be read ({error.strerror or error})") from None
+        if not data:
+            raise ImageError(name, "empty file (0 bytes)")
+        return _decode(io.BytesIO(data), name)
+    raise TypeError(
+        f"expected a path, bytes, PIL.Image or numpy array, got {type(source).__name__}")
+
+
+def _decode(stream: io.BytesIO, name: str) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (rather than fails) between MAX_PIXELS and twice it; we refuse above
+            # our own limit explicitly below, so the warning is noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(stream)
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageError(name, f"too large ({width}x{height} pixels; the limit is "
+                                       f"{MAX_PIXELS:,}); resize it first")
+            image.seek(0)  # first frame of an animation
+            image.load()
+    except ImageError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageError(name, "too large to decode safely (decompression bomb)") from None
+    except UnidentifiedImageError:
+        raise ImageError(name, "not an image, or a format Pillow cannot read") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as error:
+        raise ImageError(name, f"damaged or truncated image ({error})") from None
+    return _to_rgb(image, name)
+
+
+def _to_rgb(image: Image.Image, name: str) -> Image.Image:
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block should not cost the picture
+        pass
+    if image.width < 1 or image.height < 1:
+        raise ImageError(name, "image has no pixels")
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return _from_array(np.asarray(image), name)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent areas become white, as a viewer would show them, not black.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _from_array(array: np.ndarray, name: str) -> Image.Image:
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ImageError(name, "expected an HxW, HxWx3 or HxWx4 array")
+    if array.size == 0:
+        raise ImageError(name, "image has no pixels")
+    if array.dtype == np.uint8:
+        pixels = array
+    elif np.issubdtype(array.dtype, np.floating):
+        finite = np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+        high = 1.0 if finite.max(initial=0.0) <= 1.0 else 255.0
+        pixels = np.clip(finite / high * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    elif np.issubdtype(array.dtype, np.integer):
+        # 16-bit and other integer images: scale by the type's range, not the image's, so that
+        # a dark photo stays dark.
+        top = 65535 if array.max(initial=0) > 255 else 255
+        pixels = np.clip(array.astype(np.float64) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    else:
+        raise ImageError(name, f"unsupported array dtype {array.dtype}")
+    if pixels.ndim == 2:
+        pixels = np.stack([pixels] * 3, axis=-1)
+    elif pixels.shape[2] == 4:
+        alpha = pixels[:, :, 3:4].astype(np.float32) / 255.0
+        pixels = (pixels[:, :, :3] * alpha + 255.0 * (1.0 - alpha) + 0.5).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(pixels))

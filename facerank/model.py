@@ -1,0 +1,255 @@
+"""The network: a torchvision ResNet50 with a new head, its preprocessing, and its weights.
+
+One forward pass gives both answers facerank needs: the ``avg_pool`` output (the 2048-d face
+print that goes into the index) and the head's logits (who it is). Preprocessing lives in
+``ModelConfig`` and is saved with the weights, so training, indexing and querying can never
+disagree on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from facerank import atomic
+from facerank.errors import StoreError, StoreMismatchError, WeightsUnavailableError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+EMBEDDING_DIM = 2048
+CONFIG_FILE = "model.json"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network and feed it, saved as ``model.json``."""
+
+    people: tuple[str, ...]          # the head's classes, in logit order
+    image_size: int = 224            # images are resized to image_size x image_size
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # per-channel normalisation after /255
+    std: tuple[float, float, float] = IMAGENET_STD
+    normalize_embeddings: bool = True  # L2-normalise avg_pool vectors (see README, "Embeddings")
+    weights_origin: str = "none"     # what the backbone started from: imagenet:..., file:..., none
+    arch: str = "resnet50"
+    embedding_dim: int = EMBEDDING_DIM
+    weights_file: str = ""           # file name of the weights inside the store
+    fingerprint: str = ""            # sha256 of that file; indexes record it to refuse mixing
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ModelConfig":
+        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        for name in ("people", "mean", "std"):
+            known[name] = tuple(known[name])
+        return cls(**known)
+
+
+def build_network(num_classes: int, backbone_state: dict | None = None) -> nn.Module:
+    """A torchvision ResNet50 whose ``fc`` is a new ``num_classes`` head."""
+    from torchvision.models import resnet50
+
+    network = resnet50(weights=None)
+    if backbone_state is not None:
+        backbone_state = {k: v for k, v in backbone_state.items() if not k.startswith("fc.")}
+        missing, unexpected = network.load_state_dict(backbone_state, strict=False)
+        missing = [k for k in missing if not k.startswith("fc.")]
+        if missing or unexpected:
+            raise StoreMismatchError(
+                "the weights are not a ResNet50 state dict: "
+                f"{len(missing)} missing and {len(unexpected)} unexpected keys "
+                f"(for example {(missing + unexpected)[:3]})")
+    network.fc = nn.Linear(network.fc.in_features, num_classes)
+    return network
+
+
+def features_and_logits(network: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``avg_pool`` output (N x 2048) and the head's logits, from one forward pass."""
+    x = network.conv1(pixels)
+    x = network.maxpool(network.relu(network.bn1(x)))
+    x = network.layer4(network.layer3(network.layer2(network.layer1(x))))
+    features = torch.flatten(network.avgpool(x), 1)
+    return features, network.fc(features)
+
+
+def load_backbone_weights(weights: str) -> tuple[dict | None, str]:
+    """Resolve ``weights`` to (state dict or None, origin label).
+
+    ``"imagenet"``: torchvision's ``ResNet50_Weights.DEFAULT``, downloaded once and cached under
+    ``$TORCH_HOME/hub/checkpoints``; ``"none"``: random initialisation; anything else: the path
+    of a ResNet50 state dict (``.pth``/``.pt``, or ``.safetensors``).
+    """
+    if weights == "none":
+        warnings.warn("training from random initialisation: expect far lower accuracy than "
+                      "from ImageNet weights unless the recipe trains for many epochs",
+                      stacklevel=2)
+        return None, "none"
+    if weights == "imagenet":
+        return _imagenet_state(), "imagenet:ResNet50_Weights.DEFAULT"
+    path = Path(weights)
+    if not path.is_file():
+        raise ValueError(f"weights must be 'imagenet', 'none' or the path of a weights file; "
+                         f"{weights!r} is none of these")
+    return _read_state_file(path), f"file:{path.name}"
+
+
+def _imagenet_state() -> dict:
+    from torchvision.models import ResNet50_Weights
+
+    choice = ResNet50_Weights.DEFAULT
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(choice.url).name
+    try:
+        return choice.get_state_dict(progress=True, check_hash=True)
+    except Exception as error:  # URLError, socket errors, hash mismatch: all mean "not here"
+        raise WeightsUnavailableError(
+            f"cannot get the ImageNet weights for ResNet50 ({type(error).__name__}: {error}). "
+            f"Download {choice.url} on a machine with internet and put it at {cache} "
+            f"(set TORCH_HOME to move that folder), or pass --weights PATH to a ResNet50 state "
+            f"dict, or --weights none to start from random initialisation") from None
+
+
+def _read_state_file(path: Path) -> dict:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise StoreError(f"{path}: cannot read weights ({error})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # a training checkpoint: take its model part
+    if not isinstance(state, dict):
+        raise StoreError(f"{path}: not a state dict")
+    return state
+
+
+class FaceModel:
+    """A network and its config: preprocess, embed and classify images.
+
+    >>> model = FaceModel.load("faces/")
+    >>> vectors, probabilities = model.embed_and_classify([image_a, image_b])
+    """
+
+    def __init__(self, network: nn.Module, config: ModelConfig, *, device: str = "cpu"):
+        self.network = network.to(device).eval()
+        self.config = config
+        self.device = torch.device(device)
+
+    @classmethod
+    def create(cls, people: Sequence[str], *, weights: str = "imagenet", image_size: int = 224,
+               normalize_embeddings: bool = True) -> "FaceModel":
+        if not people:
+            raise ValueError("a model needs at least one person")
+        state, origin = load_backbone_weights(weights)
+        config = ModelConfig(people=tuple(people), image_size=image_size,
+                             normalize_embeddings=normalize_embeddings, weights_origin=origin)
+        return cls(build_network(len(people), state), config)
+
+    # -- preprocessing: shared by training, indexing and queries -------------------------------
+
+    def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Resize RGB images to the model's size: a uint8 tensor N x 3 x S x S."""
+        size = self.config.image_size
+        arrays = [np.asarray(image.resize((size, size), Image.BILINEAR, reducing_gap=3.0))
+                  for image in images]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels → the float input the network expects (on the model's device)."""
+        mean = torch.tensor(self.config.mean, device=self.device).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(self.config.std, device=self.device).view(1, 3, 1, 1) * 255.0
+        x = (pixels.to(self.device, torch.float32) - mean) / std
+        return x.contiguous(memory_format=torch.channels_last)
+
+    # -- inference -------------------------------------------------------------------------------
+
+    def embed_and_classify(self, images: Sequence[Image.Image], *, batch_size: int = 32
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings N x 2048 float32, class probabilities N x people) for RGB images."""
+        self.network.eval()
+        vectors, probabilities = [], []
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                pixels = self.pixels(images[start:start + batch_size])
+                features, logits = features_and_logits(self.network, self.normalise(pixels))
+                vectors.append(self._finish(features))
+                probabilities.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        if not vectors:
+            return (np.zeros((0, self.config.embedding_dim), np.float32),
+                    np.zeros((0, len(self.config.people)), np.float32))
+        return np.concatenate(vectors), np.concatenate(probabilities)
+
+    def embed(self, images: Sequence[Image.Image], *, batch_size: int = 32) -> np.ndarray:
+        return self.embed_and_classify(images, batch_size=batch_size)[0]
+
+    def _finish(self, features: torch.Tensor) -> np.ndarray:
+        features = features.float()
+        if self.config.normalize_embeddings:
+            features = torch.nn.functional.normalize(features, dim=1)
+        return features.cpu().numpy().astype(np.float32)
+
+    # -- persistence -----------------------------------------------------------------------------
+
+    def save(self, folder: str | Path) -> ModelConfig:
+        """Write the weights (safetensors, no pickle) and ``model.json`` into ``folder``.
+
+        The weights file is named after its fingerprint and ``model.json`` is replaced last, so a
+        crash leaves either the old model or the new one, never a mix.
+        """
+        from safetensors.torch import save as save_safetensors
+
+        folder = Path(folder)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
+        data = save_safetensors(state)
+        fingerprint = hashlib.sha256(data).hexdigest()
+        weights_file = f"model-{fingerprint[:16]}.safetensors"
+        atomic.write_bytes(folder / weights_file, data)
+        previous = read_config(folder) if (folder / CONFIG_FILE).exists() else None
+        self.config = replace(self.config, weights_file=weights_file, fingerprint=fingerprint)
+        atomic.write_json(folder / CONFIG_FILE, self.config.to_json())
+        if previous and previous.weights_file and previous.weights_file != weights_file:
+            (folder / previous.weights_file).unlink(missing_ok=True)
+        return self.config
+
+    @classmethod
+    def load(cls, folder: str | Path, *, device: str = "cpu") -> "FaceModel":
+        from safetensors.torch import load as load_safetensors
+
+        folder = Path(folder)
+        config = read_config(folder)
+        weights_path = folder / config.weights_file
+        try:
+            data = weights_path.read_bytes()
+        except OSError as error:
+            raise StoreError(f"{weights_path}: cannot read the model weights ({error.strerror}); "
+                             "train again with `facerank train GALLERY --store "
+                             f"{folder}`") from None
+        if hashlib.sha256(data).hexdigest() != config.fingerprint:
+            raise StoreMismatchError(f"{weights_path} does not match the fingerprint in "
+                                     f"{folder / CONFIG_FILE}; the store is damaged, train again")
+        network = build_network(len(config.people))
+        network.load_state_dict(load_safetensors(data))
+        return cls(network, config, device=device)
+
+
+def read_config(folder: str | Path) -> ModelConfig:
+    path = Path(folder) / CONFIG_FILE
+    try:
+        return ModelConfig.from_json(json.loads(path.read_text("utf-8")))
+    except FileNotFoundError:
+        raise StoreError(f"no model in {Path(folder)}: run `facerank train GALLERY --store "
+                         f"{Path(folder)}` first") from None
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise StoreError(f"{path}: damaged model config ({error})") from None

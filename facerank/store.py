@@ -1,0 +1,496 @@
+"""A store: one directory holding the model, the FAISS index and the per-image records.
+
+    faces/
+      model.json  model-<fingerprint>.safetensors   the network and its preprocessing
+      store.json                                     which index generation is current
+      index-<gen>.faiss  records-<gen>.jsonl         vectors by record id; path, person, sha256
+      train/                                         history, curves, split, checkpoint
+
+Every change writes a new generation of the index and records, then switches ``store.json``
+to it in one atomic rename: a crash at any moment leaves the previous state intact. The index
+records the fingerprint of the model that embedded it; a store whose model has changed since is
+never queried with the old vectors (the next write re-embeds them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from facerank import __version__, atomic
+from facerank.errors import ImageError, StoreError, StoreLockedError, StoreMismatchError
+from facerank.gallery import scan_gallery
+from facerank.images import ImageInput, describe, is_image_input, load_image
+from facerank.index import DEFAULT_FACTORY, FaceIndex
+from facerank.model import CONFIG_FILE, FaceModel
+
+FORMAT_VERSION = 1
+STATE_FILE = "store.json"
+LOCK_FILE = ".lock"
+#: Images embedded between two commits of a long build: a crash loses at most this many.
+COMMIT_EVERY = 512
+
+
+@dataclass(frozen=True)
+class Record:
+    """One indexed image."""
+
+    id: int
+    path: str
+    person: str
+    sha256: str
+    size: int = 0
+    mtime_ns: int = 0
+
+
+@dataclass(frozen=True)
+class Match:
+    """A gallery image near the query: ``rank`` 0 is the closest."""
+
+    rank: int
+    person: str
+    distance: float   # Euclidean, in the space of the stored embeddings
+    path: str
+    id: int
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A person the query may be, with the classifier's softmax probability."""
+
+    rank: int
+    person: str
+    probability: float
+
+
+@dataclass
+class ChangeReport:
+    """What a write did: counts, and the files that were skipped with the reason."""
+
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    reembedded: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class FaceStore:
+    """A model and its gallery index, opened once to answer many queries.
+
+    >>> store = FaceStore.open("faces/")
+    >>> store.closest("photo.jpg", k=3)[0]
+    Match(rank=0, person='ada', distance=0.41, path='gallery/ada/2.jpg', id=17)
+    >>> store.classify("photo.jpg", top_k=2)
+    [Prediction(rank=0, person='ada', probability=0.93), Prediction(rank=1, ...)]
+    """
+
+    def __init__(self, folder: Path, model: FaceModel, index: FaceIndex, records: dict[int, Record],
+                 state: dict):
+        self.folder = folder
+        self.model = model
+        self._index = index
+        self._records = records
+        self._state = state
+
+    # -- opening ---------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, folder: str | Path, *, device: str = "cpu") -> "FaceStore":
+        """Open a store made by ``facerank train``; the index may still be empty."""
+        folder = Path(folder)
+        if not (folder / CONFIG_FILE).exists():
+            if not folder.exists():
+                raise StoreError(f"no store at {folder}: run `facerank train GALLERY --store "
+                                 f"{folder}` to make one")
+            raise StoreError(f"{folder} is not a facerank store (no {CONFIG_FILE}); run "
+                             f"`facerank train GALLERY --store {folder}`")
+        model = FaceModel.load(folder, device=device)
+        state = _read_state(folder)
+        if state is None:
+            state = {"format_version": FORMAT_VERSION, "generation": 0, "next_id": 0,
+                     "model_fingerprint": model.config.fingerprint, "index_factory": DEFAULT_FACTORY}
+            return cls(folder, model, FaceIndex(model.config.embedding_dim), {}, state)
+        index_path = folder / state["index_file"]
+        records_path = folder / state["records_file"]
+        try:
+            index = FaceIndex.load(index_path, factory=state.get("index_factory", DEFAULT_FACTORY))
+            records = _read_records(records_path)
+        except (OSError, RuntimeError, ValueError, KeyError) as error:
+            raise StoreError(f"{folder}: the index or its records cannot be read ({error}); "
+                             f"rebuild with `facerank index build GALLERY --store {folder}`") from None
+        if index.dim != model.config.embedding_dim:
+            raise StoreMismatchError(f"{index_path} holds {index.dim}-d vectors but the model "
+                                     f"makes {model.config.embedding_dim}-d ones")
+        if sorted(records) != sorted(index.ids.tolist()):
+            raise StoreMismatchError(f"{folder}: index ids and records disagree; rebuild with "
+                                     f"`facerank index build GALLERY --store {folder}`")
+        return cls(folder, model, index, records, state)
+
+    @property
+    def is_stale(self) -> bool:
+        """True when the index was embedded by another model than the store's current one."""
+        return bool(self._records) and \
+            self._state.get("model_fingerprint") != self.model.config.fingerprint
+
+    @property
+    def records(self) -> list[Record]:
+        return sorted(self._records.values(), key=lambda r: r.id)
+
+    @property
+    def people(self) -> list[str]:
+        """The people the classifier knows (``classify`` answers among these)."""
+        return list(self.model.config.people)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def info(self) -> dict:
+        counts: dict[str, int] = {}
+        for record in self._records.values():
+            counts[record.person] = counts.get(record.person, 0) + 1
+        config = self.model.config
+        return {
+            "store": str(self.folder), "format_version": FORMAT_VERSION,
+            "facerank_version": self._state.get("facerank_version", __version__),
+            "images": len(self._records), "indexed_people": len(counts),
+            "classifier_people": len(config.people), "image_size": config.image_size,
+            "embedding_dim": config.embedding_dim,
+            "normalized_embeddings": config.normalize_embeddings,
+            "weights_origin": config.weights_origin, "model_fingerprint": config.fingerprint,
+            "index_factory": self._state.get("index_factory", DEFAULT_FACTORY),
+            "index_is_stale": self.is_stale, "images_per_person": dict(sorted(counts.items())),
+        }
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    def embed(self, images: ImageInput | Sequence[ImageInput], *, batch_size: int = 32) -> np.ndarray:
+        """Embeddings as stored in the index: 1-D for one image, 2-D for a list."""
+        single, loaded = _load_all(images)
+        vectors = self.model.embed(loaded, batch_size=batch_size)
+        return vectors[0] if single else vectors
+
+    def closest(self, images: ImageInput | Sequence[ImageInput], *, k: int = 5
+                ) -> list[Match] | list[list[Match]]:
+        """The ``k`` nearest gallery images of each query (a list per query for a list)."""
+        self._check_queryable()
+        single, loaded = _load_all(images)
+        vectors = self.model.embed(loaded)
+        answers = self._search(vectors, k)
+        return answers[0] if single else answers
+
+    def classify(self, images: ImageInput | Sequence[ImageInput], *, top_k: int = 5
+                 ) -> list[Prediction] | list[list[Prediction]]:
+        """The ``top_k`` most probable people of each query, by the fine-tuned head."""
+        single, loaded = _load_all(images)
+        _, probabilities = self.model.embed_and_classify(loaded)
+        answers = [self._predictions(row, top_k) for row in probabilities]
+        return answers[0] if single else answers
+
+    def query(self, images: ImageInput | Sequence[ImageInput], *, k: int = 5, top_k: int = 5):
+        """``(closest, classify)`` from one forward pass per image."""
+        self._check_queryable()
+        single, loaded = _load_all(images)
+        vectors, probabilities = self.model.embed_and_classify(loaded)
+        matches = self._search(vectors, k)
+        predictions = [self._predictions(row, top_k) for row in probabilities]
+        return (matches[0], predictions[0]) if single else (matches, predictions)
+
+    def search_vectors(self, vectors: np.ndarray, *, k: int = 5) -> list[list[Match]]:
+        """``closest`` for embeddings already computed (by ``embed``)."""
+        self._check_queryable()
+        return self._search(np.atleast_2d(vectors), k)
+
+    def _search(self, vectors: np.ndarray, k: int) -> list[list[Match]]:
+        distances, ids = self._index.search(vectors, k)
+        answers = []
+        for row_distances, row_ids in zip(distances, ids):
+            matches = []
+            for rank, (distance, record_id) in enumerate(zip(row_distances, row_ids)):
+                if record_id < 0:
+                    break
+                record = self._records[int(record_id)]
+                matches.append(Match(rank=rank, person=record.person, distance=float(distance),
+                                     path=record.path, id=record.id))
+            answers.append(matches)
+        return answers
+
+    def _predictions(self, probabilities: np.ndarray, top_k: int) -> list[Prediction]:
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        order = np.argsort(-probabilities, kind="stable")[:top_k]
+        people = self.model.config.people
+        return [Prediction(rank=rank, person=people[i], probability=float(probabilities[i]))
+                for rank, i in enumerate(order)]
+
+    def _check_queryable(self) -> None:
+        if not self._records:
+            raise StoreError(f"the index of {self.folder} is empty: run `facerank index build "
+                             f"GALLERY --store {self.folder}`")
+        if self.is_stale:
+            raise StoreMismatchError(
+                f"the index of {self.folder} was embedded by another model (fingerprint "
+                f"{self._state.get('model_fingerprint', '?')[:12]}, the store's model is "
+                f"{self.model.config.fingerprint[:12]}); run `facerank index build GALLERY "
+                f"--store {self.folder}` to re-embed it")
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def add(self, paths: Iterable[str | Path], *, person: str | Sequence[str],
+            show_progress: bool = False) -> ChangeReport:
+        """Embed and index image files as ``person`` (one name, or one per path).
+
+        A path already indexed with the same content is left as it is; with new content it is
+        re-embedded. Unreadable files are skipped and listed in the report.
+        """
+        paths = [Path(p) for p in paths]
+        people = [person] * len(paths) if isinstance(person, str) else list(person)
+        if len(people) != len(paths):
+            raise ValueError(f"{len(people)} people for {len(paths)} paths")
+        for name in set(people):
+            _check_person_name(name)
+        with self._lock():
+            report = ChangeReport()
+            self._reembed_if_stale(report, show_progress)
+            self._ingest(list(zip(paths, people)), report, show_progress)
+            self._commit()
+            return report
+
+    def remove(self, *, ids: Iterable[int] = (), paths: Iterable[str | Path] = (),
+               person: str | None = None) -> ChangeReport:
+        """Remove images by record id, by path, or every image of a person."""
+        wanted_paths = {_key(p) for p in paths}
+        doomed = set(int(i) for i in ids) & set(self._records)
+        doomed |= {r.id for r in self._records.values()
+                   if _key(r.path) in wanted_paths or (person is not None and r.person == person)}
+        with self._lock():
+            self._drop(doomed)
+            self._commit()
+        return ChangeReport(removed=len(doomed))
+
+    def sync_folder(self, gallery: str | Path, *, show_progress: bool = False) -> ChangeReport:
+        """Make the index match a gallery folder: embed new and changed files, drop deleted ones.
+
+        Only records whose path lies under ``gallery`` are compared; images added from
+        elsewhere are kept. Unchanged files (same size and modification time, or same content)
+        are not embedded again.
+        """
+        scanned = scan_gallery(gallery)
+        root = _key(scanned.root)
+        with self._lock():
+            report = ChangeReport(skipped=list(scanned.problems))
+            self._reembed_if_stale(report, show_progress)
+            present = {_key(image.path): image for image in scanned.images}
+            by_path = {_key(r.path): r for r in self._records.values()}
+            gone = [r.id for key, r in by_path.items()
+                    if key.startswith(root + os.sep) and key not in present]
+            self._drop(set(gone))
+            report.removed += len(gone)
+            todo = [(image.path, image.person) for key, image in present.items()]
+            self._ingest(todo, report, show_progress)
+            self._commit()
+            return report
+
+    def _ingest(self, items: list[tuple[Path, str]], report: ChangeReport, show_progress: bool):
+        by_path = {_key(r.path): r for r in self._records.values()}
+        pending: list[tuple[Path, str, Record | None]] = []
+        for path, person in items:
+            old = by_path.get(_key(path))
+            if old is not None and old.person == person:
+                try:
+                    info = os.stat(path)
+                except OSError:
+                    info = None
+                if info and info.st_size == old.size and info.st_mtime_ns == old.mtime_ns:
+                    report.unchanged += 1
+                    continue
+            pending.append((path, person, old))
+        self._embed_files(pending, report, show_progress)
+
+    def _embed_files(self, pending: list[tuple[Path, str, Record | None]], report: ChangeReport,
+                     show_progress: bool, *, batch_size: int = 32) -> None:
+        from facerank.train import _Progress
+
+        progress = _Progress(show_progress and len(pending) > 0)
+        with progress:
+            task = progress.add("embedding", len(pending))
+            since_commit = 0
+            for start in range(0, len(pending), batch_size):
+                chunk = pending[start:start + batch_size]
+                images, records, replaced = [], [], []
+                for path, person, old in chunk:
+                    try:
+                        info = os.stat(path)
+                        digest = file_sha256(path)
+                        if old is not None and old.sha256 == digest and old.person == person:
+                            report.unchanged += 1
+                            continue
+                        image = load_image(path)
+                    except ImageError as error:
+                        report.skipped.append((str(path), error.reason))
+                        continue
+                    except OSError as error:
+                        report.skipped.append((str(path), error.strerror or str(error)))
+                        continue
+                    record_id = int(self._state["next_id"])
+                    self._state["next_id"] = record_id + 1
+                    images.append(image)
+                    records.append(Record(id=record_id, path=str(_absolute(path)), person=person,
+                                          sha256=digest, size=info.st_size,
+                                          mtime_ns=info.st_mtime_ns))
+                    replaced.append(old)
+                if images:
+                    vectors = self.model.embed(images, batch_size=batch_size)
+                    stale = {old.id for old in replaced if old is not None}
+                    self._drop(stale)
+                    self._index.add(np.array([r.id for r in records]), vectors)
+                    self._records.update((r.id, r) for r in records)
+                    report.updated += len(stale)
+                    report.added += len(records) - len(stale)
+                    since_commit += len(records)
+                if since_commit >= COMMIT_EVERY:
+                    self._commit()
+                    since_commit = 0
+                for _ in chunk:
+                    progress.advance(task)
+
+    def _reembed_if_stale(self, report: ChangeReport, show_progress: bool) -> None:
+        """After a retrain, re-embed every indexed file with the new model."""
+        if not self.is_stale:
+            return
+        old = self.records
+        self._index = FaceIndex(self.model.config.embedding_dim,
+                                factory=self._state.get("index_factory", DEFAULT_FACTORY))
+        self._records = {}
+        self._state["model_fingerprint"] = self.model.config.fingerprint
+        before = report.added
+        self._embed_files([(Path(r.path), r.person, None) for r in old], report, show_progress)
+        report.reembedded += report.added - before
+        report.added = before
+
+    def _drop(self, ids: set[int]) -> None:
+        if ids:
+            self._index.remove(np.array(sorted(ids)))
+            for record_id in ids:
+                self._records.pop(record_id, None)
+
+    def _commit(self) -> None:
+        """Write a new generation of index + records, then switch store.json to it atomically."""
+        generation = int(self._state.get("generation", 0)) + 1
+        index_file, records_file = f"index-{generation:06d}.faiss", f"records-{generation:06d}.jsonl"
+        self._index.save(self.folder / index_file)
+        lines = (json.dumps(asdict(r), ensure_ascii=False) for r in self.records)
+        atomic.write_text(self.folder / records_file, "".join(line + "\n" for line in lines))
+        previous = dict(self._state)
+        self._state.update(format_version=FORMAT_VERSION, facerank_version=__version__,
+                           generation=generation, index_file=index_file,
+                           records_file=records_file, count=len(self._records),
+                           model_fingerprint=self.model.config.fingerprint,
+                           embedding_dim=self.model.config.embedding_dim,
+                           normalized_embeddings=self.model.config.normalize_embeddings,
+                           previous_index_file=previous.get("index_file"),
+                           previous_records_file=previous.get("records_file"),
+                           updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        atomic.write_json(self.folder / STATE_FILE, self._state)
+        # The previous generation stays one commit longer, for a reader that read the old
+        # store.json a moment ago; the one before it goes now.
+        for name in ("previous_index_file", "previous_records_file"):
+            older = previous.get(name)
+            if older and older not in (index_file, records_file):
+                (self.folder / older).unlink(missing_ok=True)
+
+    def _lock(self):
+        return _StoreLock(self.folder / LOCK_FILE)
+
+
+class _StoreLock:
+    """An exclusive, non-blocking lock on the store for the duration of a write."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._handle = None
+
+    def __enter__(self):
+        import fcntl
+
+        self._handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._handle.close()
+            raise StoreLockedError(f"{self.path.parent} is being written by another process; "
+                                   "wait for it to finish and try again") from None
+        return self
+
+    def __exit__(self, *exc):
+        import fcntl
+
+        fcntl.flock(self._handle, fcntl.LOCK_UN)
+        self._handle.close()
+
+
+def _read_state(folder: Path) -> dict | None:
+    path = folder / STATE_FILE
+    try:
+        state = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise StoreError(f"{path}: damaged ({error}); rebuild the index with `facerank index "
+                         f"build GALLERY --store {folder}`") from None
+    version = state.get("format_version")
+    if version != FORMAT_VERSION:
+        raise StoreError(f"{folder} uses store format {version}, this facerank "
+                         f"({__version__}) reads format {FORMAT_VERSION}; use a matching "
+                         "facerank version or rebuild the index")
+    return state
+
+
+def _read_records(path: Path) -> dict[int, Record]:
+    records = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                record = Record(**json.loads(line))
+                records[record.id] = record
+    return records
+
+
+def _load_all(images) -> tuple[bool, list]:
+    """(was it a single image, the images loaded as RGB)."""
+    if is_image_input(images):
+        return True, [load_image(images)]
+    if not isinstance(images, (list, tuple)):
+        raise TypeError(f"expected an image or a list of images, got {describe(images)}")
+    return False, [load_image(image) for image in images]
+
+
+def _absolute(path: str | Path) -> Path:
+    return Path(os.path.abspath(path))
+
+
+def _key(path: str | Path) -> str:
+    return str(_absolute(path))
+
+
+def _check_person_name(name: str) -> None:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"a person's name must be a non-empty string, got {name!r}")

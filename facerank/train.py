@@ -1,0 +1,414 @@
+"""Fine-tuning recipes (presets), the training loop, checkpoints and per-epoch history.
+
+Three presets. Two are the method's, and assume ImageNet weights:
+
+* ``sgd``    — SGD, momentum 0.9, lr 0.01, batch 10, 6 epochs, every layer trainable;
+* ``freeze`` — Adam lr 1e-4, batch 10, 6 epochs, all frozen but the last residual stage + head.
+
+The third, ``scratch``, is for random initialisation (no ImageNet weights to be had): 112 px,
+batch 32, 60 epochs, AdamW with a one-cycle schedule and bf16 autocast where the CPU has it.
+
+>>> config = preset("scratch", epochs=40)
+>>> result = train("gallery/", "faces/", config, weights="none")
+>>> result.history[-1]["val_accuracy"]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from facerank import atomic
+from facerank.errors import GalleryError, ImageError, StoreMismatchError
+from facerank.gallery import GalleryImage, scan_gallery, split_gallery
+from facerank.images import load_image
+from facerank.model import FaceModel, features_and_logits
+
+TRAIN_FOLDER = "train"          # inside the store: history, curves, split, checkpoints
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "onecycle")
+TRAINABLE = ("all", "last_stage")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training recipe. Use ``preset(name, **overrides)`` rather than building one by hand."""
+
+    preset: str = "custom"
+    optimizer: str = "sgd"          # one of OPTIMIZERS
+    lr: float = 0.01                # peak learning rate under "onecycle"
+    momentum: float = 0.9           # SGD only
+    weight_decay: float = 0.0
+    batch_size: int = 10
+    epochs: int = 6
+    schedule: str = "constant"      # one of SCHEDULES
+    trainable: str = "all"          # "last_stage": layer4 + head train, the rest is frozen
+    image_size: int = 224           # stored with the model; queries are resized the same way
+    label_smoothing: float = 0.0
+    flip: bool = True               # random horizontal flip
+    shift: float = 0.1              # random shift, as a fraction of the image side
+    shear: float = 0.0              # random shear, degrees (0 = off)
+    zoom: float = 0.0               # random zoom, ± fraction (0 = off)
+    bf16: bool | None = None        # bf16 autocast; None = where the CPU has native bf16 (AMX)
+    test_fraction: float = 0.3      # stratified per person
+    seed: int = 0
+
+    def __post_init__(self):
+        for name, value, choices in (("optimizer", self.optimizer, OPTIMIZERS),
+                                     ("schedule", self.schedule, SCHEDULES),
+                                     ("trainable", self.trainable, TRAINABLE)):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.image_size < 32:
+            raise ValueError("epochs and batch_size must be >= 1 and image_size >= 32")
+
+
+PRESETS: dict[str, TrainConfig] = {
+    "sgd": TrainConfig(preset="sgd", optimizer="sgd", lr=0.01, momentum=0.9, batch_size=10,
+                       epochs=6, trainable="all", bf16=False),
+    "freeze": TrainConfig(preset="freeze", optimizer="adam", lr=1e-4, batch_size=10, epochs=6,
+                          trainable="last_stage", bf16=False),
+    "scratch": TrainConfig(preset="scratch", optimizer="adamw", lr=2e-3, weight_decay=0.05,
+                           batch_size=32, epochs=60, schedule="onecycle", image_size=112,
+                           label_smoothing=0.1),
+}
+
+
+def preset(name: str, **overrides) -> TrainConfig:
+    """A named recipe with some fields changed: ``preset("sgd", epochs=10)``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
+
+
+def bf16_is_native() -> bool:
+    """True where the CPU has AMX tiles, the only place bf16 autocast beats fp32 here.
+
+    (oneDNN also "supports" bf16 on plain AVX-512 by emulation; measured on such a CPU, a
+    ResNet50 training step was 2.7x *slower* in bf16 than in fp32, so that does not count.)
+    """
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@dataclass
+class TrainResult:
+    history: list[dict]              # one dict per epoch: losses, accuracies, seconds
+    best_epoch: int
+    people: list[str]
+    train_images: int
+    test_images: int
+    skipped: list[tuple[str, str]]   # (file, reason) for images that could not be read
+    train_only: list[str]            # people with one image: trained on, never tested
+    seconds: float
+    weights_origin: str
+    bf16: bool
+    test_accuracy: float | None = None  # of the saved (best) model, on the held-out split
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def decode_images(images: list[GalleryImage], size: int, on_step: Callable[[], None] | None = None
+                  ) -> tuple[list[GalleryImage], torch.Tensor, list[tuple[str, str]]]:
+    """Decode and resize gallery images once; unreadable files are skipped and reported."""
+    kept, arrays, skipped = [], [], []
+    for item in images:
+        try:
+            image = load_image(item.path)
+        except ImageError as error:
+            skipped.append((str(item.path), error.reason))
+        else:
+            kept.append(item)
+            arrays.append(np.asarray(image.resize((size, size), resample=2, reducing_gap=3.0)))
+        if on_step:
+            on_step()
+    if not arrays:
+        return kept, torch.zeros((0, 3, size, size), dtype=torch.uint8), skipped
+    return kept, torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), skipped
+
+
+def augment(batch: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """Random flip, shift, shear and zoom per image (uint8 in, uint8 out)."""
+    from torchvision.transforms.v2 import functional as F
+
+    out = batch.clone()
+    size = batch.shape[-1]
+    for i in range(len(out)):
+        image = out[i]
+        if config.flip and torch.rand(()) < 0.5:
+            image = F.horizontal_flip(image)
+        if config.shift or config.shear or config.zoom:
+            dx, dy = ((torch.rand(2) * 2 - 1) * config.shift * size).round().tolist()
+            shear = float((torch.rand(()) * 2 - 1) * config.shear)
+            scale = float(1.0 + (torch.rand(()) * 2 - 1) * config.zoom)
+            image = F.affine(image, angle=0.0, translate=[int(dx), int(dy)], scale=scale,
+                             shear=[shear, 0.0], interpolation=F.InterpolationMode.BILINEAR)
+        out[i] = image
+    return out
+
+
+def _set_trainable(network: nn.Module, trainable: str) -> list[nn.Parameter]:
+    for parameter in network.parameters():
+        parameter.requires_grad = trainable == "all"
+    if trainable == "last_stage":
+        for module in (network.layer4, network.fc):
+            for parameter in module.parameters():
+                parameter.requires_grad = True
+    return [p for p in network.parameters() if p.requires_grad]
+
+
+def _train_mode(network: nn.Module, trainable: str) -> None:
+    network.train()
+    if trainable == "last_stage":
+        # Frozen stages keep their batch-norm statistics, as a frozen Keras base model does.
+        for name, module in network.named_children():
+            if name not in ("layer4", "fc"):
+                module.eval()
+
+
+def _make_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _make_schedule(optimizer, config: TrainConfig, steps_per_epoch: int):
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+            pct_start=0.2)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def _evaluate(model: FaceModel, pixels: torch.Tensor, labels: torch.Tensor, use_bf16: bool,
+              batch_size: int = 64) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of the head on already-decoded images."""
+    model.network.eval()
+    total_loss, correct = 0.0, 0
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+        for start in range(0, len(pixels), batch_size):
+            x = model.normalise(pixels[start:start + batch_size])
+            y = labels[start:start + batch_size]
+            _, logits = features_and_logits(model.network, x)
+            logits = logits.float()
+            total_loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+    return total_loss / max(len(pixels), 1), correct / max(len(pixels), 1)
+
+
+def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = None, *,
+          weights: str = "imagenet", resume: bool = False, show_progress: bool = False,
+          normalize_embeddings: bool = True, checkpoint_every: float = 60.0) -> TrainResult:
+    """Fine-tune ResNet50 on a one-folder-per-person gallery and save the model into ``store``.
+
+    Writes ``store/model.json`` + weights, and under ``store/train/``: ``history.json`` (per-epoch
+    loss and accuracy), ``curves.png``, ``split.json`` (which files were held out) and the
+    ``checkpoint.pt`` (written at most every ``checkpoint_every`` seconds). With ``resume=True`` an
+    interrupted run continues from that checkpoint. The saved model is the epoch with the best held-out accuracy.
+    """
+    config = config or PRESETS["sgd"]
+    started = time.perf_counter()
+    store = Path(store)
+    run_dir = store / TRAIN_FOLDER
+    torch.manual_seed(config.seed)
+
+    scanned = scan_gallery(gallery)
+    split = split_gallery(scanned, test_fraction=config.test_fraction, seed=config.seed)
+    progress = _Progress(show_progress)
+    with progress:
+        task = progress.add("decoding", len(split.train) + len(split.test))
+        train_items, train_pixels, skipped = decode_images(list(split.train), config.image_size,
+                                                           lambda: progress.advance(task))
+        test_items, test_pixels, skipped_test = decode_images(list(split.test), config.image_size,
+                                                              lambda: progress.advance(task))
+    skipped += skipped_test
+    people = sorted({item.person for item in train_items})
+    if len(people) < 2:
+        raise GalleryError(f"{gallery}: training needs at least two people with readable "
+                           f"images; found {len(people)}")
+    label_of = {person: i for i, person in enumerate(people)}
+    train_labels = torch.tensor([label_of[i.person] for i in train_items])
+    # Test images of people absent from training (all their train images broken) cannot be scored.
+    keep = [i for i, item in enumerate(test_items) if item.person in label_of]
+    test_items = [test_items[i] for i in keep]
+    test_pixels = test_pixels[keep] if len(keep) else test_pixels[:0]
+    test_labels = torch.tensor([label_of[i.person] for i in test_items], dtype=torch.long)
+
+    model = FaceModel.create(people, weights=weights, image_size=config.image_size,
+                             normalize_embeddings=normalize_embeddings)
+    network = model.network.to(memory_format=torch.channels_last)
+    parameters = _set_trainable(network, config.trainable)
+    optimizer = _make_optimizer(parameters, config)
+    steps_per_epoch = math.ceil(len(train_items) / config.batch_size)
+    schedule = _make_schedule(optimizer, config, steps_per_epoch)
+    use_bf16 = bf16_is_native() if config.bf16 is None else config.bf16
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+    history: list[dict] = []
+    best_score, best_epoch, best_state = -1.0, 0, None
+    first_epoch = 1
+    checkpoint_path = run_dir / "checkpoint.pt"
+    checkpoint_meta = json.dumps({"people": people, "config": asdict(config),
+                                  "weights_origin": model.config.weights_origin})
+    if resume and checkpoint_path.exists():
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        if checkpoint["meta"] != checkpoint_meta:
+            raise StoreMismatchError(f"{checkpoint_path} was made with other people or another "
+                                     "recipe; train without --resume to start afresh")
+        network.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        schedule.load_state_dict(checkpoint["schedule"])
+        torch.set_rng_state(checkpoint["rng"])
+        history = json.loads(checkpoint["history"])
+        first_epoch = int(checkpoint["epoch"]) + 1
+        best_state, best_epoch = checkpoint["best_model"], int(checkpoint["best_epoch"])
+        best_score = float(checkpoint["best_score"])
+
+    shuffle = torch.Generator().manual_seed(config.seed)
+    for _ in range(first_epoch - 1):  # replay the shuffles of finished epochs
+        torch.randperm(len(train_items), generator=shuffle)
+
+    last_checkpoint = time.perf_counter()
+    with progress:
+        task = progress.add("training", (config.epochs - first_epoch + 1) * steps_per_epoch)
+        for epoch in range(first_epoch, config.epochs + 1):
+            epoch_started = time.perf_counter()
+            _train_mode(network, config.trainable)
+            order = torch.randperm(len(train_items), generator=shuffle)
+            seen, loss_sum, correct = 0, 0.0, 0
+            for start in range(0, len(order), config.batch_size):
+                batch = order[start:start + config.batch_size]
+                if len(batch) < 2 and len(order) > 1:
+                    progress.advance(task)
+                    continue  # batch norm cannot learn from a batch of one
+                x = model.normalise(augment(train_pixels[batch], config))
+                y = train_labels[batch]
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                    _, logits = features_and_logits(network, x)
+                loss = loss_fn(logits.float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                seen += len(batch)
+                loss_sum += loss.item() * len(batch)
+                correct += int((logits.argmax(1) == y).sum())
+                progress.advance(task)
+            row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1),
+                   "train_accuracy": correct / max(seen, 1), "lr": optimizer.param_groups[0]["lr"]}
+            if len(test_items):
+                row["val_loss"], row["val_accuracy"] = _evaluate(model, test_pixels, test_labels,
+                                                                 use_bf16)
+            row["seconds"] = round(time.perf_counter() - epoch_started, 3)
+            history.append(row)
+            score = row.get("val_accuracy", row["train_accuracy"])
+            if score >= best_score:  # ties go to the later, longer-trained epoch
+                best_score, best_epoch = score, epoch
+                best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+            # A ResNet50 checkpoint with optimizer state is ~300 MB: write it at most once a
+            # minute (and after the last epoch), so an interruption costs at most that much work.
+            if epoch == config.epochs or time.perf_counter() - last_checkpoint > checkpoint_every:
+                _save_checkpoint(checkpoint_path, {
+                    "model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(), "rng": torch.get_rng_state(),
+                    "epoch": epoch, "history": json.dumps(history), "meta": checkpoint_meta,
+                    "best_model": best_state, "best_epoch": best_epoch, "best_score": best_score})
+                last_checkpoint = time.perf_counter()
+            progress.describe(task, f"epoch {epoch}/{config.epochs} loss {row['train_loss']:.3f}"
+                              + (f" val {row['val_accuracy']:.1%}" if "val_accuracy" in row else ""))
+
+    network.load_state_dict(best_state)
+    network.eval()
+    model.save(store)
+    test_accuracy = None
+    if len(test_items):
+        test_accuracy = _evaluate(model, test_pixels, test_labels, use_bf16=False)[1]
+    result = TrainResult(
+        history=history, best_epoch=best_epoch, people=people, train_images=len(train_items),
+        test_images=len(test_items), skipped=skipped, train_only=list(split.train_only),
+        seconds=round(time.perf_counter() - started, 2), weights_origin=model.config.weights_origin,
+        bf16=use_bf16, test_accuracy=test_accuracy)
+    atomic.write_json(run_dir / "history.json", {"config": asdict(config), **result.to_json()})
+    atomic.write_json(run_dir / "split.json", {
+        "seed": config.seed, "test_fraction": config.test_fraction,
+        "train": [[str(i.path), i.person] for i in train_items],
+        "test": [[str(i.path), i.person] for i in test_items]})
+    plot_history(history, run_dir / "curves.png")
+    return result
+
+
+def _save_checkpoint(path: Path, checkpoint: dict) -> None:
+    # Tensors, numbers and strings only, so that torch.load(weights_only=True) can read it back.
+    atomic.write_with(path, lambda temporary: torch.save(checkpoint, temporary))
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    """Loss and accuracy per epoch, train and held-out, as a two-panel PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, key, title in ((loss_axis, "loss", "Loss"), (accuracy_axis, "accuracy", "Accuracy")):
+        axis.plot(epochs, [row[f"train_{key}"] for row in history], label="train")
+        if history and f"val_{key}" in history[0]:
+            axis.plot(epochs, [row[f"val_{key}"] for row in history], label="held-out")
+        axis.set_title(title)
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    atomic.write_with(path, lambda temporary: figure.savefig(temporary, format="png", dpi=100))
+    plt.close(figure)
+
+
+class _Progress:
+    """A rich progress bar on stderr when asked for, nothing otherwise."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._bar = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.console import Console
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=Console(stderr=True), transient=False)
+            self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+            self._bar = None
+
+    def add(self, description: str, total: int):
+        return self._bar.add_task(description, total=total) if self._bar else None
+
+    def advance(self, task) -> None:
+        if self._bar is not None:
+            self._bar.advance(task)
+
+    def describe(self, task, description: str) -> None:
+        if self._bar is not None:
+            self._bar.update(task, description=description)
