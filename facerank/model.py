@@ -55,11 +55,22 @@ class ModelConfig:
         return cls(**known)
 
 
+def _torchvision_models():
+    """torchvision.models, or a clear error when torchvision and torch do not belong together."""
+    try:
+        import torchvision.models
+    except (ImportError, RuntimeError) as error:
+        raise ImportError(
+            f"torchvision cannot be imported ({error}). This usually means torch and torchvision "
+            "come from different builds (for example a CPU-only torch with PyPI's torchvision). "
+            "Install a matching pair into a fresh virtual environment: "
+            "`pip install torch torchvision` from PyPI, or follow the README's setup.") from None
+    return torchvision.models
+
+
 def build_network(num_classes: int, backbone_state: dict | None = None) -> nn.Module:
     """A torchvision ResNet50 whose ``fc`` is a new ``num_classes`` head."""
-    from torchvision.models import resnet50
-
-    network = resnet50(weights=None)
+    network = _torchvision_models().resnet50(weights=None)
     if backbone_state is not None:
         backbone_state = {k: v for k, v in backbone_state.items() if not k.startswith("fc.")}
         missing, unexpected = network.load_state_dict(backbone_state, strict=False)
@@ -104,9 +115,7 @@ def load_backbone_weights(weights: str) -> tuple[dict | None, str]:
 
 
 def _imagenet_state() -> dict:
-    from torchvision.models import ResNet50_Weights
-
-    choice = ResNet50_Weights.DEFAULT
+    choice = _torchvision_models().ResNet50_Weights.DEFAULT
     cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(choice.url).name
     try:
         return choice.get_state_dict(progress=True, check_hash=True)

@@ -5,8 +5,8 @@ Three presets. Two are the method's, and assume ImageNet weights:
 * ``sgd``    — SGD, momentum 0.9, lr 0.01, batch 10, 6 epochs, every layer trainable;
 * ``freeze`` — Adam lr 1e-4, batch 10, 6 epochs, all frozen but the last residual stage + head.
 
-The third, ``scratch``, is for random initialisation (no ImageNet weights to be had): 112 px,
-batch 32, 60 epochs, AdamW with a one-cycle schedule and bf16 autocast where the CPU has it.
+The third, ``scratch``, is for random initialisation (no ImageNet weights to be had): 64 px,
+batch 32, 40 epochs, AdamW with a one-cycle schedule and bf16 autocast where the CPU has AMX.
 
 >>> config = preset("scratch", epochs=40)
 >>> result = train("gallery/", "faces/", config, weights="none")
@@ -77,7 +77,7 @@ PRESETS: dict[str, TrainConfig] = {
     "freeze": TrainConfig(preset="freeze", optimizer="adam", lr=1e-4, batch_size=10, epochs=6,
                           trainable="last_stage", bf16=False),
     "scratch": TrainConfig(preset="scratch", optimizer="adamw", lr=2e-3, weight_decay=0.05,
-                           batch_size=32, epochs=60, schedule="onecycle", image_size=112,
+                           batch_size=32, epochs=40, schedule="onecycle", image_size=64,
                            label_smoothing=0.1),
 }
 

@@ -1,0 +1,62 @@
+"""Shared fixtures: a real ORL gallery slice and one small trained store per test session.
+
+The slice comes from `examples/gallery` (a credited ORL subset shipped with the repo), so the
+suite needs neither the network nor `../shared/data`. Training is tiny (48 px, 16 epochs) to keep
+the whole suite within a few minutes on 2 CPU cores; the invariants tested do not depend on size.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+
+from facerank.store import FaceStore
+from facerank.train import preset, train
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_GALLERY = REPO / "examples" / "gallery"
+PEOPLE = ["s1", "s2", "s3", "s4", "s5"]
+
+# Small but real: 5 ORL people, 7 training images each, 48 px, from random initialisation.
+TINY = dict(image_size=48, epochs=16, batch_size=8, lr=2e-3)
+
+
+def copy_gallery(destination: Path, people=PEOPLE, per_person: int = 10) -> Path:
+    destination.mkdir(parents=True, exist_ok=True)
+    for person in people:
+        target = destination / person
+        target.mkdir(exist_ok=True)
+        for image in sorted((EXAMPLE_GALLERY / person).glob("*.pgm"))[:per_person]:
+            shutil.copy(image, target / image.name)
+    return destination
+
+
+@pytest.fixture(scope="session")
+def gallery(tmp_path_factory) -> Path:
+    """A read-only-by-convention copy of 5 ORL people (10 images each)."""
+    return copy_gallery(tmp_path_factory.mktemp("gallery"))
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, gallery):
+    """(store folder, TrainResult): trained once per session, not yet indexed."""
+    folder = tmp_path_factory.mktemp("store")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        result = train(gallery, folder, preset("scratch", **TINY), weights="none")
+    return folder, result
+
+
+@pytest.fixture
+def store_copy(tmp_path, trained, gallery) -> tuple[FaceStore, Path]:
+    """A private, indexed copy of the trained store and of its gallery, free to change."""
+    folder = tmp_path / "store"
+    shutil.copytree(trained[0], folder)
+    own_gallery = tmp_path / "gallery"
+    shutil.copytree(gallery, own_gallery)
+    store = FaceStore.open(folder)
+    store.sync_folder(own_gallery)
+    return store, own_gallery

@@ -1,0 +1,147 @@
+"""The store: invariants of closest/classify, save/load, add/remove, incremental builds."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facerank.errors import ImageError, StoreError, StoreLockedError, StoreMismatchError
+from facerank.store import FaceStore
+
+
+def test_every_gallery_image_is_its_own_nearest_neighbour(store_copy):
+    store, gallery = store_copy
+    records = store.records
+    assert len(records) == 50
+    answers = store.closest([r.path for r in records], k=3)
+    for record, matches in zip(records, answers):
+        assert matches[0].id == record.id and matches[0].path == record.path
+        assert matches[0].distance < 1e-3
+        assert [m.rank for m in matches] == [0, 1, 2]
+        assert matches[0].distance <= matches[1].distance <= matches[2].distance
+
+
+def test_classify_gives_sorted_probabilities_of_known_people(store_copy):
+    store, gallery = store_copy
+    predictions = store.classify(str(gallery / "s1" / "1.pgm"), top_k=5)
+    assert [p.rank for p in predictions] == [0, 1, 2, 3, 4]
+    probabilities = [p.probability for p in predictions]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert abs(sum(probabilities) - 1.0) < 1e-4  # 5 people, top 5: the whole distribution
+    assert {p.person for p in predictions} == set(store.people)
+
+
+def test_every_input_kind_gives_the_same_answer(store_copy):
+    store, gallery = store_copy
+    path = gallery / "s2" / "3.pgm"
+    reference = store.embed(path)
+    assert reference.shape == (2048,) and reference.dtype == np.float32
+    assert abs(np.linalg.norm(reference) - 1.0) < 1e-4  # L2-normalised by default
+    image = Image.open(path)
+    for source in (str(path), path.read_bytes(), image, np.asarray(image)):
+        assert np.allclose(store.embed(source), reference, atol=1e-5)
+    assert store.embed([path, path]).shape == (2, 2048)
+
+
+def test_save_then_load_gives_identical_answers(store_copy):
+    store, gallery = store_copy
+    photos = [str(p) for p in sorted((gallery / "s3").glob("*.pgm"))[:4]]
+    before = store.query(photos, k=4, top_k=3)
+    reopened = FaceStore.open(store.folder)
+    assert reopened.query(photos, k=4, top_k=3) == before
+    assert np.array_equal(reopened.embed(photos), store.embed(photos))
+
+
+def test_add_and_remove_change_the_answers(store_copy, tmp_path):
+    store, gallery = store_copy
+    photo = gallery / "s4" / "2.pgm"
+    newcomer = tmp_path / "new.png"
+    Image.open(photo).transpose(Image.FLIP_LEFT_RIGHT).save(newcomer)
+
+    report = store.add([newcomer], person="visitor")
+    assert report.added == 1 and len(store) == 51
+    assert store.closest(newcomer, k=1)[0].person == "visitor"
+    assert FaceStore.open(store.folder).closest(newcomer, k=1)[0].person == "visitor"
+
+    assert store.remove(paths=[photo]).removed == 1
+    assert all(m.path != str(photo) for m in store.closest(photo, k=50))
+    assert store.remove(person="s4").removed == 9
+    assert "s4" not in {m.person for m in store.closest(photo, k=50)}
+    assert len(FaceStore.open(store.folder)) == 41
+
+
+def test_rebuild_embeds_only_new_or_changed_files_and_drops_deleted(store_copy):
+    store, gallery = store_copy
+    again = store.sync_folder(gallery)
+    assert (again.added, again.updated, again.removed, again.unchanged) == (0, 0, 0, 50)
+
+    (gallery / "s5" / "1.pgm").unlink()
+    changed = gallery / "s5" / "2.pgm"
+    Image.open(changed).transpose(Image.FLIP_LEFT_RIGHT).save(changed, format="PPM")
+    shutil.copy(gallery / "s1" / "1.pgm", gallery / "s1" / "copy.pgm")
+    report = store.sync_folder(gallery)
+    assert (report.added, report.updated, report.removed) == (1, 1, 1)
+    assert len(store) == 50
+
+
+def test_broken_file_is_skipped_and_reported_not_fatal(store_copy):
+    store, gallery = store_copy
+    broken = gallery / "s1" / "broken.jpg"
+    broken.write_bytes(b"this is not a jpeg")
+    report = store.sync_folder(gallery)
+    assert [(path, "not an image" in reason) for path, reason in report.skipped] == \
+        [(str(broken), True)]
+    assert len(store) == 50
+    with pytest.raises(ImageError, match="broken.jpg"):
+        store.closest(broken)
+
+
+def test_retrained_model_is_never_queried_with_old_vectors(store_copy):
+    store, gallery = store_copy
+    store.model.network.fc.bias.data += 1.0  # any change of weights is a new model
+    store.model.save(store.folder)
+    stale = FaceStore.open(store.folder)
+    assert stale.is_stale
+    with pytest.raises(StoreMismatchError, match="another model"):
+        stale.closest(gallery / "s1" / "1.pgm")
+    report = stale.sync_folder(gallery)
+    assert report.reembedded == 50 and not stale.is_stale
+    assert stale.closest(gallery / "s1" / "1.pgm", k=1)[0].distance < 1e-3
+
+
+def test_tampered_weights_are_refused(store_copy):
+    store, _ = store_copy
+    weights = store.folder / store.model.config.weights_file
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(StoreMismatchError, match="fingerprint"):
+        FaceStore.open(store.folder)
+
+
+def test_missing_store_and_empty_index_say_what_to_run(tmp_path, trained):
+    with pytest.raises(StoreError, match="facerank train"):
+        FaceStore.open(tmp_path / "nothing")
+    folder = tmp_path / "fresh"
+    shutil.copytree(trained[0], folder)
+    with pytest.raises(StoreError, match="index build"):
+        FaceStore.open(folder).closest(np.zeros((8, 8), np.uint8))
+
+
+def test_a_second_writer_is_refused(store_copy):
+    store, gallery = store_copy
+    with store._lock():
+        with pytest.raises(StoreLockedError, match="another process"):
+            FaceStore.open(store.folder).remove(person="s1")
+    assert len(FaceStore.open(store.folder)) == 50
+
+
+def test_old_generations_are_cleaned_up(store_copy):
+    store, gallery = store_copy
+    for person in ("s1", "s2", "s3"):
+        store.remove(person=person)
+    files = sorted(p.name for p in store.folder.glob("index-*.faiss"))
+    assert len(files) == 2  # the current generation and the one before it
