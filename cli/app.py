@@ -393,8 +393,8 @@ def demo(
     split = _json.loads((store / "train" / "split.json").read_text())
     say(f"2/4 indexing the {len(split['train'])} training images ...")
     opened = FaceStore.open(store)
-    for person in sorted({p for _, p in split["train"]}):
-        opened.add([path for path, p in split["train"] if p == person], person=person)
+    paths, people = zip(*split["train"])
+    opened.add(paths, person=people)
     photo, truth = split["test"][0]
     say(f"3/4 asking about {photo}, a photo of {truth} that training never saw:")
     matches, predictions = opened.query(photo, k=3, top_k=5)

@@ -20,8 +20,8 @@ print(f"held-out accuracy: {result.test_accuracy:.1%}")
 
 store = facerank.open(store_folder)
 split = json.loads((store_folder / "train" / "split.json").read_text())
-for path, person in split["train"]:
-    store.add([path], person=person)
+paths, people = zip(*split["train"])
+store.add(paths, person=people)  # index the training images only: the test photo is unseen
 
 photo, truth = split["test"][0]
 matches, people = store.query(photo, k=3, top_k=3)
