@@ -1,7 +1,8 @@
 """``facerank``: train, index, query, classify, evaluate and demo from the shell.
 
 Every command is a few lines over the library. Errors become one line on stderr and an exit code:
-0 success, 1 a facerank error (missing store, unreadable photo, ...), 2 a usage error.
+0 success, 1 a facerank error (missing store, unreadable photo, ...), 2 a usage error, 3 (doctor
+only) the gallery has problems.
 Set ``FACERANK_DEBUG=1`` or pass ``--debug`` for the full traceback.
 """
 
@@ -70,7 +71,7 @@ def _store_path(store: Optional[Path]) -> Path:
 
 
 def _emit_json(value) -> None:
-    typer.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+    typer.echo(json.dumps(value, indent=2, default=str))
 
 
 def _console():
@@ -353,6 +354,41 @@ def evaluate(
     if result.unknown_people:
         typer.echo(f"  not scored (unknown to the classifier): {', '.join(result.unknown_people)}")
     typer.echo(f"confusion matrix: {plot}")
+
+
+# -- doctor --------------------------------------------------------------------------------------
+
+@app.command()
+@handles_errors
+def doctor(
+    gallery: Path = typer.Argument(..., help="Gallery folder to check."),
+    store: Optional[Path] = typer.Option(None, "--store", "-s", help="A trained store: also "
+                                         "flag images whose nearest neighbours are all of "
+                                         "another person."),
+    as_json: bool = JsonOption,
+):
+    """Check a gallery: unreadable files, duplicates, likely mislabels, too few images, odd sizes.
+
+    Exit code 0 when nothing was found, 3 when there are findings.
+
+    Example:  facerank doctor photos/ --store faces/
+    """
+    from facerank.doctor import diagnose
+    from facerank.store import FaceStore
+
+    opened = FaceStore.open(store) if store is not None else None
+    report = diagnose(gallery, store=opened)
+    if as_json:
+        _emit_json(report.to_json())
+    else:
+        typer.echo(f"{report.gallery}: {report.images} images of {report.people} people")
+        for finding in report.findings:
+            typer.echo(f"  [{finding.kind}] {' <-> '.join(finding.paths)}: {finding.detail}")
+        summary = report.to_json()["summary"]
+        typer.echo("no problems found" if not summary else
+                   "found: " + ", ".join(f"{n} {kind}" for kind, n in sorted(summary.items())))
+    if report.findings:
+        raise typer.Exit(3)
 
 
 # -- demo ----------------------------------------------------------------------------------------

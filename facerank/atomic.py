@@ -46,7 +46,8 @@ def write_text(target: str | Path, text: str) -> None:
 
 
 def write_json(target: str | Path, value: Any) -> None:
-    write_text(target, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    # ASCII escapes: file names that are not valid UTF-8 (surrogate-escaped) stay writable.
+    write_text(target, json.dumps(value, indent=2) + "\n")
 
 
 def write_with(target: str | Path, writer: Callable[[Path], None]) -> None:

@@ -43,9 +43,21 @@ class ModelConfig:
     embedding_dim: int = EMBEDDING_DIM
     weights_file: str = ""           # file name of the weights inside the store
     fingerprint: str = ""            # sha256 of that file; indexes record it to refuse mixing
+    facerank_version: str = ""       # the version that saved it
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @property
+    def identity(self) -> str:
+        """What an index's vectors depend on: the weights *and* how images are fed to them.
+
+        Two configs with the same identity embed every image identically; an index records the
+        identity of the model that filled it.
+        """
+        parts = [self.fingerprint, self.arch, self.image_size, list(self.mean), list(self.std),
+                 self.normalize_embeddings, self.embedding_dim]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     @classmethod
     def from_json(cls, data: dict) -> "ModelConfig":
@@ -226,7 +238,10 @@ class FaceModel:
         weights_file = f"model-{fingerprint[:16]}.safetensors"
         atomic.write_bytes(folder / weights_file, data)
         previous = read_config(folder) if (folder / CONFIG_FILE).exists() else None
-        self.config = replace(self.config, weights_file=weights_file, fingerprint=fingerprint)
+        from facerank import __version__
+
+        self.config = replace(self.config, weights_file=weights_file, fingerprint=fingerprint,
+                              facerank_version=__version__)
         atomic.write_json(folder / CONFIG_FILE, self.config.to_json())
         if previous and previous.weights_file and previous.weights_file != weights_file:
             (folder / previous.weights_file).unlink(missing_ok=True)

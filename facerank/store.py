@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -110,6 +111,9 @@ class FaceStore:
         self._index = index
         self._records = records
         self._state = state
+        # Queries from many threads may run while one thread writes: searches and writes take
+        # turns on this lock, so a query never sees half of a change.
+        self._mutex = threading.RLock()
 
     # -- opening ---------------------------------------------------------------------------------
 
@@ -124,22 +128,23 @@ class FaceStore:
             raise StoreError(f"{folder} is not a facerank store (no {CONFIG_FILE}); run "
                              f"`facerank train GALLERY --store {folder}`")
         model = FaceModel.load(folder, device=device)
-        state = _read_state(folder)
-        if state is None:
-            state = {"format_version": FORMAT_VERSION, "generation": 0, "next_id": 0,
-                     "model_fingerprint": model.config.fingerprint, "index_factory": DEFAULT_FACTORY}
-            return cls(folder, model, FaceIndex(model.config.embedding_dim), {}, state)
-        index_path = folder / state["index_file"]
-        records_path = folder / state["records_file"]
-        try:
-            index = FaceIndex.load(index_path, factory=state.get("index_factory", DEFAULT_FACTORY))
-            records = _read_records(records_path)
-        except (OSError, RuntimeError, ValueError, KeyError) as error:
-            raise StoreError(f"{folder}: the index or its records cannot be read ({error}); "
-                             f"rebuild with `facerank index build GALLERY --store {folder}`") from None
-        if index.dim != model.config.embedding_dim:
-            raise StoreMismatchError(f"{index_path} holds {index.dim}-d vectors but the model "
-                                     f"makes {model.config.embedding_dim}-d ones")
+        for attempt in range(5):
+            state = _read_state(folder)
+            if state is None:
+                state = {"format_version": FORMAT_VERSION, "generation": 0, "next_id": 0,
+                         "model_identity": model.config.identity,
+                         "index_factory": DEFAULT_FACTORY}
+                return cls(folder, model, FaceIndex(model.config.embedding_dim), {}, state)
+            try:
+                index, records = _read_generation(folder, state)
+                break
+            except FileNotFoundError:
+                # A writer committed twice between our reading store.json and its files:
+                # read store.json again, which names files that exist.
+                time.sleep(0.05 * (attempt + 1))
+        else:
+            raise StoreError(f"{folder}: the index named in {STATE_FILE} is missing; rebuild "
+                             f"with `facerank index build GALLERY --store {folder}`")
         if sorted(records) != sorted(index.ids.tolist()):
             raise StoreMismatchError(f"{folder}: index ids and records disagree; rebuild with "
                                      f"`facerank index build GALLERY --store {folder}`")
@@ -148,8 +153,9 @@ class FaceStore:
     @property
     def is_stale(self) -> bool:
         """True when the index was embedded by another model than the store's current one."""
-        return bool(self._records) and \
-            self._state.get("model_fingerprint") != self.model.config.fingerprint
+        return bool(self._records) and (
+            self._state.get("model_identity") != self.model.config.identity
+            or self._index.dim != self.model.config.embedding_dim)
 
     @property
     def records(self) -> list[Record]:
@@ -220,6 +226,10 @@ class FaceStore:
         return self._search(np.atleast_2d(vectors), k)
 
     def _search(self, vectors: np.ndarray, k: int) -> list[list[Match]]:
+        with self._mutex:
+            return self._search_locked(vectors, k)
+
+    def _search_locked(self, vectors: np.ndarray, k: int) -> list[list[Match]]:
         distances, ids = self._index.search(vectors, k)
         answers = []
         for row_distances, row_ids in zip(distances, ids):
@@ -247,15 +257,15 @@ class FaceStore:
                              f"GALLERY --store {self.folder}`")
         if self.is_stale:
             raise StoreMismatchError(
-                f"the index of {self.folder} was embedded by another model (fingerprint "
-                f"{self._state.get('model_fingerprint', '?')[:12]}, the store's model is "
-                f"{self.model.config.fingerprint[:12]}); run `facerank index build GALLERY "
+                f"the index of {self.folder} was embedded by another model or preprocessing "
+                f"(identity {str(self._state.get('model_identity'))[:12]}, the store's model is "
+                f"{self.model.config.identity[:12]}); run `facerank index build GALLERY "
                 f"--store {self.folder}` to re-embed it")
 
     # -- writes ----------------------------------------------------------------------------------
 
     def add(self, paths: Iterable[str | Path], *, person: str | Sequence[str],
-            show_progress: bool = False) -> ChangeReport:
+            show_progress: bool = False, commit_every: int = COMMIT_EVERY) -> ChangeReport:
         """Embed and index image files as ``person`` (one name, or one per path).
 
         A path already indexed with the same content is left as it is; with new content it is
@@ -269,8 +279,8 @@ class FaceStore:
             _check_person_name(name)
         with self._lock():
             report = ChangeReport()
-            self._reembed_if_stale(report, show_progress)
-            self._ingest(list(zip(paths, people)), report, show_progress)
+            self._reembed_if_stale(report, show_progress, commit_every)
+            self._ingest(list(zip(paths, people)), report, show_progress, commit_every)
             self._commit()
             return report
 
@@ -286,7 +296,8 @@ class FaceStore:
             self._commit()
         return ChangeReport(removed=len(doomed))
 
-    def sync_folder(self, gallery: str | Path, *, show_progress: bool = False) -> ChangeReport:
+    def sync_folder(self, gallery: str | Path, *, show_progress: bool = False,
+                    commit_every: int = COMMIT_EVERY) -> ChangeReport:
         """Make the index match a gallery folder: embed new and changed files, drop deleted ones.
 
         Only records whose path lies under ``gallery`` are compared; images added from
@@ -297,7 +308,7 @@ class FaceStore:
         root = _key(scanned.root)
         with self._lock():
             report = ChangeReport(skipped=list(scanned.problems))
-            self._reembed_if_stale(report, show_progress)
+            self._reembed_if_stale(report, show_progress, commit_every)
             present = {_key(image.path): image for image in scanned.images}
             by_path = {_key(r.path): r for r in self._records.values()}
             gone = [r.id for key, r in by_path.items()
@@ -305,11 +316,12 @@ class FaceStore:
             self._drop(set(gone))
             report.removed += len(gone)
             todo = [(image.path, image.person) for key, image in present.items()]
-            self._ingest(todo, report, show_progress)
+            self._ingest(todo, report, show_progress, commit_every)
             self._commit()
             return report
 
-    def _ingest(self, items: list[tuple[Path, str]], report: ChangeReport, show_progress: bool):
+    def _ingest(self, items: list[tuple[Path, str]], report: ChangeReport, show_progress: bool,
+                commit_every: int):
         by_path = {_key(r.path): r for r in self._records.values()}
         pending: list[tuple[Path, str, Record | None]] = []
         for path, person in items:
@@ -323,10 +335,10 @@ class FaceStore:
                     report.unchanged += 1
                     continue
             pending.append((path, person, old))
-        self._embed_files(pending, report, show_progress)
+        self._embed_files(pending, report, show_progress, commit_every)
 
     def _embed_files(self, pending: list[tuple[Path, str, Record | None]], report: ChangeReport,
-                     show_progress: bool, *, batch_size: int = 32) -> None:
+                     show_progress: bool, commit_every: int, *, batch_size: int = 32) -> None:
         from facerank.train import _Progress
 
         progress = _Progress(show_progress and len(pending) > 0)
@@ -360,49 +372,56 @@ class FaceStore:
                 if images:
                     vectors = self.model.embed(images, batch_size=batch_size)
                     stale = {old.id for old in replaced if old is not None}
-                    self._drop(stale)
-                    self._index.add(np.array([r.id for r in records]), vectors)
-                    self._records.update((r.id, r) for r in records)
+                    with self._mutex:
+                        self._drop(stale)
+                        self._index.add(np.array([r.id for r in records]), vectors)
+                        self._records.update((r.id, r) for r in records)
                     report.updated += len(stale)
                     report.added += len(records) - len(stale)
                     since_commit += len(records)
-                if since_commit >= COMMIT_EVERY:
+                if since_commit >= commit_every:
                     self._commit()
                     since_commit = 0
                 for _ in chunk:
                     progress.advance(task)
 
-    def _reembed_if_stale(self, report: ChangeReport, show_progress: bool) -> None:
+    def _reembed_if_stale(self, report: ChangeReport, show_progress: bool,
+                          commit_every: int = COMMIT_EVERY) -> None:
         """After a retrain, re-embed every indexed file with the new model."""
         if not self.is_stale:
             return
         old = self.records
-        self._index = FaceIndex(self.model.config.embedding_dim,
-                                factory=self._state.get("index_factory", DEFAULT_FACTORY))
-        self._records = {}
-        self._state["model_fingerprint"] = self.model.config.fingerprint
+        with self._mutex:
+            self._index = FaceIndex(self.model.config.embedding_dim,
+                                    factory=self._state.get("index_factory", DEFAULT_FACTORY))
+            self._records = {}
+        self._state["model_identity"] = self.model.config.identity
         before = report.added
-        self._embed_files([(Path(r.path), r.person, None) for r in old], report, show_progress)
+        self._embed_files([(Path(r.path), r.person, None) for r in old], report, show_progress,
+                          commit_every)
         report.reembedded += report.added - before
         report.added = before
 
     def _drop(self, ids: set[int]) -> None:
         if ids:
-            self._index.remove(np.array(sorted(ids)))
-            for record_id in ids:
-                self._records.pop(record_id, None)
+            with self._mutex:
+                self._index.remove(np.array(sorted(ids)))
+                for record_id in ids:
+                    self._records.pop(record_id, None)
 
     def _commit(self) -> None:
         """Write a new generation of index + records, then switch store.json to it atomically."""
         generation = int(self._state.get("generation", 0)) + 1
         index_file, records_file = f"index-{generation:06d}.faiss", f"records-{generation:06d}.jsonl"
         self._index.save(self.folder / index_file)
-        lines = (json.dumps(asdict(r), ensure_ascii=False) for r in self.records)
+        # ASCII escapes keep file names that are not valid UTF-8 (surrogate-escaped) round-trippable.
+        lines = (json.dumps(asdict(r)) for r in self.records)
         atomic.write_text(self.folder / records_file, "".join(line + "\n" for line in lines))
         previous = dict(self._state)
         self._state.update(format_version=FORMAT_VERSION, facerank_version=__version__,
                            generation=generation, index_file=index_file,
                            records_file=records_file, count=len(self._records),
+                           model_identity=self.model.config.identity,
                            model_fingerprint=self.model.config.fingerprint,
                            embedding_dim=self.model.config.embedding_dim,
                            normalized_embeddings=self.model.config.normalize_embeddings,
@@ -438,6 +457,10 @@ class _StoreLock:
             self._handle.close()
             raise StoreLockedError(f"{self.path.parent} is being written by another process; "
                                    "wait for it to finish and try again") from None
+        # Holding the lock, no one else is writing: temporary files left now were orphaned by a
+        # writer that died mid-write.
+        for orphan in self.path.parent.glob(".*.tmp"):
+            orphan.unlink(missing_ok=True)
         return self
 
     def __exit__(self, *exc):
@@ -462,6 +485,19 @@ def _read_state(folder: Path) -> dict | None:
                          f"({__version__}) reads format {FORMAT_VERSION}; use a matching "
                          "facerank version or rebuild the index")
     return state
+
+
+def _read_generation(folder: Path, state: dict) -> tuple[FaceIndex, dict[int, "Record"]]:
+    index_path, records_path = folder / state["index_file"], folder / state["records_file"]
+    if not index_path.exists() or not records_path.exists():
+        raise FileNotFoundError(index_path)
+    try:
+        index = FaceIndex.load(index_path, factory=state.get("index_factory", DEFAULT_FACTORY))
+        records = _read_records(records_path)
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as error:
+        raise StoreError(f"{folder}: the index or its records cannot be read ({error}); "
+                         f"rebuild with `facerank index build GALLERY --store {folder}`") from None
+    return index, records
 
 
 def _read_records(path: Path) -> dict[int, Record]:
