@@ -391,6 +391,40 @@ def doctor(
         raise typer.Exit(3)
 
 
+# -- serve ---------------------------------------------------------------------------------------
+
+@app.command()
+@handles_errors
+def serve(
+    stores: Optional[List[Path]] = typer.Option(None, "--store", "-s", help="Store to serve "
+                                                "(repeat for several; the page lets users pick)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 exposes it to the "
+                             "network."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    token: Optional[str] = typer.Option(None, envvar="FACERANK_TOKEN", help="Bearer token "
+                                        "required by endpoints that change a store."),
+    max_upload_mb: float = typer.Option(10.0, help="Largest accepted photo, in MB."),
+):
+    """Serve the web page and REST API (docs at /docs) for one or more stores.
+
+    Needs the serve extra: pip install -e ".[serve]".
+
+    Example:  facerank serve --store faces/ --port 8000
+    """
+    try:
+        import uvicorn
+
+        from facerank.serve import create_app
+    except ImportError as error:
+        raise FacerankError(f"serving needs the 'serve' extra ({error.name} is missing): "
+                            "pip install -e \".[serve]\"") from None
+    folders = stores or [_store_path(None)]
+    application = create_app(folders, token=token,
+                             max_upload_bytes=int(max_upload_mb * 1024 * 1024))
+    typer.echo(f"serving {', '.join(str(f) for f in folders)} on http://{host}:{port}/", err=True)
+    uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
 # -- demo ----------------------------------------------------------------------------------------
 
 DEMO_GALLERY = Path(__file__).resolve().parents[1] / "examples" / "gallery"

@@ -169,6 +169,18 @@ class FaceStore:
     def __len__(self) -> int:
         return len(self._records)
 
+    def record(self, record_id: int) -> Record | None:
+        """The record of an indexed image, or None."""
+        return self._records.get(int(record_id))
+
+    @property
+    def threshold(self) -> float | None:
+        """The calibrated same-person distance threshold, if any (see ``calibrate``)."""
+        calibration = self._state.get("calibration") or {}
+        if calibration.get("model_identity") != self.model.config.identity:
+            return None  # calibrated for another model: meaningless now
+        return calibration.get("threshold")
+
     def info(self) -> dict:
         counts: dict[str, int] = {}
         for record in self._records.values():

@@ -1,0 +1,146 @@
+"""The web API in-process (FastAPI's TestClient): every endpoint and every error path."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from facerank.serve import create_app  # noqa: E402
+
+TOKEN = "s3cret"
+
+
+@pytest.fixture
+def client(store_copy):
+    store, gallery = store_copy
+    app = create_app([store.folder], token=TOKEN, max_upload_bytes=200_000)
+    with TestClient(app) as test_client:
+        test_client.store_name = store.folder.name
+        test_client.gallery = gallery
+        yield test_client
+
+
+def _photo(path) -> tuple[str, bytes, str]:
+    return ("photo.pgm", path.read_bytes(), "application/octet-stream")
+
+
+def _auth():
+    return {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_health_stores_info_and_openapi(client):
+    assert client.get("/api/health").json()["stores"] == [client.store_name]
+    stores = client.get("/api/stores").json()
+    assert stores[0]["images"] == 50 and stores[0]["classifier_people"] == 5
+    info = client.get(f"/api/stores/{client.store_name}").json()
+    assert info["images_per_person"]["s1"] == 10 and "store" not in info
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/api/stores/{name}/identify", "/api/stores/{name}/closest",
+            "/api/stores/{name}/verify", "/api/stores/{name}/people/{person}/images"} <= set(paths)
+    assert "<title>facerank</title>" in client.get("/").text
+
+
+def test_identify_closest_thumbnail_and_verify(client):
+    name, photo = client.store_name, client.gallery / "s3" / "2.pgm"
+    people = client.post(f"/api/stores/{name}/identify?top_k=3",
+                         files={"photo": _photo(photo)}).json()["people"]
+    assert len(people) == 3 and people[0]["probability"] >= people[1]["probability"]
+    closest = client.post(f"/api/stores/{name}/closest?k=4",
+                          files={"photo": _photo(photo)}).json()["closest"]
+    assert closest[0]["file"] == "2.pgm" and closest[0]["person"] == "s3"
+    assert closest[0]["distance"] < 1e-3
+    thumb = client.get(closest[0]["thumbnail"])
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(thumb.content)).size) <= 160
+    same = client.post(f"/api/stores/{name}/verify",
+                       files={"photo_a": _photo(photo), "photo_b": _photo(photo)}).json()
+    assert same["distance"] < 1e-3
+
+
+def test_enrol_and_remove_need_the_token_and_change_answers(client, tmp_path):
+    name = client.store_name
+    newcomer = Image.open(client.gallery / "s5" / "1.pgm").transpose(Image.FLIP_LEFT_RIGHT)
+    buffer = io.BytesIO()
+    newcomer.save(buffer, format="PNG")
+    files = [("photos", ("new.png", buffer.getvalue(), "image/png"))]
+    url = f"/api/stores/{name}/people/visitor/images"
+    assert client.post(url, files=files).status_code == 401
+    assert client.post(url, files=files,
+                       headers={"Authorization": "Bearer nope"}).status_code == 403
+    enrolled = client.post(url, files=files, headers=_auth())
+    assert enrolled.status_code == 200 and enrolled.json()["added"] == 1
+    match = client.post(f"/api/stores/{name}/closest?k=1",
+                        files={"photo": ("x.png", buffer.getvalue(), "image/png")}).json()
+    assert match["closest"][0]["person"] == "visitor"
+
+    record_id = match["closest"][0]["id"]
+    assert client.delete(f"/api/stores/{name}/images/{record_id}").status_code == 401
+    assert client.delete(f"/api/stores/{name}/images/{record_id}", headers=_auth()).json() == \
+        {"removed": 1, "images": 50}
+    assert client.delete(f"/api/stores/{name}/images/{record_id}",
+                         headers=_auth()).status_code == 404
+    assert client.delete(f"/api/stores/{name}/people/s2", headers=_auth()).json()["removed"] == 10
+    assert client.delete(f"/api/stores/{name}/people/nobody", headers=_auth()).status_code == 404
+
+
+@pytest.mark.parametrize("files,status", [
+    ({}, 422),                                                                  # no file
+    ({"photo": ("a.jpg", b"<html>not an image</html>", "image/jpeg")}, 415),    # lies about type
+    ({"photo": ("a.png", b"", "image/png")}, 415),                              # empty
+    ({"photo": ("big.png", bytes(300_000), "image/png")}, 413),                 # too large
+])
+def test_bad_uploads_get_clear_errors(client, files, status):
+    response = client.post(f"/api/stores/{client.store_name}/identify", files=files)
+    assert response.status_code == status, response.text
+    assert response.json()["detail"]
+
+
+def test_unknown_store_and_thumbnail(client):
+    photo = {"photo": _photo(client.gallery / "s1" / "1.pgm")}
+    response = client.post("/api/stores/elsewhere/identify", files=photo)
+    assert response.status_code == 404 and client.store_name in response.json()["detail"]
+    assert client.get(f"/api/stores/{client.store_name}/thumbnails/99999").status_code == 404
+    # Thumbnails are looked up by record id only: a path never reaches the file system.
+    sneaky = client.get(f"/api/stores/{client.store_name}/thumbnails/..%2F..%2Fetc%2Fpasswd")
+    assert sneaky.status_code in (404, 422) and b"root:" not in sneaky.content
+
+
+def test_content_is_sniffed_not_trusted_from_the_name(client):
+    image = Image.fromarray(np.full((64, 64, 3), 90, np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    response = client.post(f"/api/stores/{client.store_name}/identify",
+                           files={"photo": ("holiday.gif", buffer.getvalue(), "text/plain")})
+    assert response.status_code == 200
+
+
+def test_queries_stay_correct_while_enrolling(client):
+    import concurrent.futures
+
+    name, photo = client.store_name, client.gallery / "s4" / "3.pgm"
+    files_for = lambda: {"photo": _photo(photo)}  # noqa: E731
+    extra = []
+    for i in range(6):
+        buffer = io.BytesIO()
+        Image.open(client.gallery / "s1" / f"{i + 1}.pgm").rotate(5).save(buffer, format="PNG")
+        extra.append(buffer.getvalue())
+
+    def enrol(data):
+        return client.post(f"/api/stores/{name}/people/late/images", headers=_auth(),
+                           files=[("photos", ("p.png", data, "image/png"))]).status_code
+
+    def query(_):
+        answer = client.post(f"/api/stores/{name}/closest?k=1", files=files_for()).json()
+        return answer["closest"][0]["file"]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        writes = [pool.submit(enrol, data) for data in extra]
+        reads = list(pool.map(query, range(24)))
+    assert [w.result() for w in writes] == [200] * 6
+    assert reads == ["3.pgm"] * 24
