@@ -1,8 +1,8 @@
 """``facerank``: train, index, query, classify, evaluate and demo from the shell.
 
 Every command is a few lines over the library. Errors become one line on stderr and an exit code:
-0 success, 1 a facerank error (missing store, unreadable photo, ...), 2 a usage error, 3 (doctor
-only) the gallery has problems.
+0 success, 1 a facerank error (missing store, unreadable photo, ...), 2 a usage error, 3 (doctor)
+the gallery has problems, 4 (verify) different people.
 Set ``FACERANK_DEBUG=1`` or pass ``--debug`` for the full traceback.
 """
 
@@ -260,13 +260,18 @@ def query(
     for photo in photos:
         matches, predictions = opened.query(photo, k=k, top_k=top_k)
         results.append({"photo": str(photo), "people": [vars(p) for p in predictions],
-                        "closest": [vars(m) for m in matches]})
+                        "closest": [vars(m) for m in matches],
+                        "unknown": opened.is_unknown(matches[0] if matches else None),
+                        "threshold": opened.threshold})
     if as_json:
         _emit_json(results if len(results) > 1 else results[0])
         return
     for result in results:
         _print_people(result["photo"], result["people"])
         _print_closest(result["photo"], result["closest"])
+        if result["unknown"]:
+            typer.echo(f"unknown: the nearest gallery image is {result['closest'][0]['distance']:.3f} "
+                       f"away, beyond the calibrated threshold {result['threshold']:.3f}")
 
 
 @app.command()
@@ -318,6 +323,66 @@ def _print_closest(photo: str, matches: list[dict]) -> None:
     for m in matches:
         table.add_row(str(m["rank"] + 1), m["person"], f"{m['distance']:.4f}", m["path"])
     _console().print(table)
+
+
+@app.command()
+@handles_errors
+def verify(
+    photo_a: Path = typer.Argument(..., help="First photo."),
+    photo_b: Path = typer.Argument(..., help="Second photo."),
+    store: Optional[Path] = StoreOption,
+    as_json: bool = JsonOption,
+):
+    """Same person or not: the distance between two face prints and the threshold used.
+
+    Exit code 0 for the same person, 4 for different people (and 0 when no threshold has been
+    calibrated yet: run `facerank calibrate` first).
+
+    Example:  facerank verify a.jpg b.jpg --store faces/
+    """
+    import facerank
+
+    opened = facerank.open(_store_path(store))
+    vectors = opened.embed([photo_a, photo_b])
+    distance = float(((vectors[0] - vectors[1]) ** 2).sum() ** 0.5)
+    threshold = opened.threshold
+    same = None if threshold is None else distance <= threshold
+    if as_json:
+        _emit_json({"distance": distance, "threshold": threshold, "same": same})
+    elif same is None:
+        typer.echo(f"distance {distance:.4f}; no threshold calibrated (run `facerank calibrate "
+                   f"--store {opened.folder}`)")
+    else:
+        typer.echo(f"{'same person' if same else 'different people'}: distance {distance:.4f} "
+                   f"{'<=' if same else '>'} threshold {threshold:.4f}")
+    if same is False:
+        raise typer.Exit(4)
+
+
+@app.command()
+@handles_errors
+def calibrate(
+    store: Optional[Path] = StoreOption,
+    far: float = typer.Option(0.01, help="False-accept rate to calibrate at (0.01 = 1%)."),
+    as_json: bool = JsonOption,
+):
+    """Calibrate the same-person threshold on held-out images at a chosen false-accept rate.
+
+    Afterwards `verify` decides, and `query` answers "unknown" beyond the threshold.
+
+    Example:  facerank calibrate --store faces/ --far 0.01
+    """
+    import facerank
+    from facerank.calibrate import calibrate as run_calibration
+
+    result = run_calibration(facerank.open(_store_path(store)), far=far)
+    if as_json:
+        _emit_json(result.to_json())
+        return
+    typer.echo(f"threshold {result.threshold:.4f} at false-accept rate {result.measured_far:.2%} "
+               f"(asked {far:.2%}); accepts {result.tar:.1%} of same-person pairs "
+               f"({result.same_pairs} same, {result.different_pairs} different pairs from the "
+               f"{result.source})")
 
 
 # -- evaluate ------------------------------------------------------------------------------------

@@ -66,6 +66,9 @@ def load_image(source: ImageInput) -> Image.Image:
     if isinstance(source, (str, Path)):
         path = Path(source)
         try:
+            if path.exists() and not path.is_file() and not path.is_dir():
+                # A named pipe or a device would block read() forever: refuse it unread.
+                raise ImageError(name, "not a regular file (a pipe, socket or device)")
             with path.open("rb") as handle:
                 data = handle.read()
         except FileNotFoundError:

@@ -130,10 +130,18 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
     @app.post("/api/stores/{name}/identify")
     async def identify(photo: UploadFile = File(...), top_k: int = Query(5, ge=1, le=100),
                        entry: _Served = Depends(get_store)):
-        """Who is it: the top people with probabilities from the fine-tuned classifier."""
+        """Who is it: the top people with probabilities from the fine-tuned classifier.
+
+        `unknown` is true when the nearest gallery image lies beyond the store's calibrated
+        threshold (`facerank calibrate`), null when no threshold has been calibrated.
+        """
         image = await read_photo(photo)
-        predictions = entry.store.classify(image, top_k=top_k)
-        return {"people": [asdict(p) for p in predictions]}
+        matches, predictions = entry.store.query(image, k=1, top_k=top_k)
+        nearest = matches[0] if matches else None
+        return {"people": [asdict(p) for p in predictions],
+                "unknown": entry.store.is_unknown(nearest),
+                "nearest_distance": nearest.distance if nearest else None,
+                "threshold": entry.store.threshold}
 
     @app.post("/api/stores/{name}/closest")
     async def closest(photo: UploadFile = File(...), k: int = Query(5, ge=1, le=100),

@@ -414,6 +414,20 @@ class FaceStore:
         report.reembedded += report.added - before
         report.added = before
 
+    def set_calibration(self, calibration: dict) -> None:
+        """Store a verification threshold (see ``facerank.calibrate``) for the current model."""
+        with self._lock():
+            self._state["calibration"] = {**calibration,
+                                          "model_identity": self.model.config.identity}
+            self._commit()
+
+    def is_unknown(self, match: Match | None) -> bool | None:
+        """Whether a nearest match is too far to name anyone (None: no threshold calibrated)."""
+        threshold = self.threshold
+        if threshold is None:
+            return None
+        return match is None or match.distance > threshold
+
     def _drop(self, ids: set[int]) -> None:
         if ids:
             with self._mutex:

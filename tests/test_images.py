@@ -91,6 +91,13 @@ def test_truncated_files_are_refused(tmp_path, fmt):
         load_image(path)
 
 
+def test_a_named_pipe_is_refused_not_read_forever(tmp_path):
+    fifo = tmp_path / "stuck.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageError, match="not a regular file"):
+        load_image(fifo)
+
+
 def test_missing_file_and_folder(tmp_path):
     with pytest.raises(ImageError, match="no such file"):
         load_image(tmp_path / "nope.jpg")

@@ -48,9 +48,12 @@ def test_health_stores_info_and_openapi(client):
 
 def test_identify_closest_thumbnail_and_verify(client):
     name, photo = client.store_name, client.gallery / "s3" / "2.pgm"
-    people = client.post(f"/api/stores/{name}/identify?top_k=3",
-                         files={"photo": _photo(photo)}).json()["people"]
+    answer = client.post(f"/api/stores/{name}/identify?top_k=3",
+                         files={"photo": _photo(photo)}).json()
+    people = answer["people"]
     assert len(people) == 3 and people[0]["probability"] >= people[1]["probability"]
+    assert answer["unknown"] is None and answer["threshold"] is None  # not calibrated yet
+    assert answer["nearest_distance"] < 1e-3
     closest = client.post(f"/api/stores/{name}/closest?k=4",
                           files={"photo": _photo(photo)}).json()["closest"]
     assert closest[0]["file"] == "2.pgm" and closest[0]["person"] == "s3"

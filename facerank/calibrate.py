@@ -1,0 +1,92 @@
+"""A same-person distance threshold, calibrated at a chosen false-accept rate.
+
+Pairs of held-out images (the split ``train`` saved; else the indexed images) give two
+distributions of distances: same person and different people. The threshold is the distance
+below which only ``far`` of the different-people pairs fall. It is stored with the store and
+tied to its model: ``verify`` uses it, and queries whose nearest gallery image lies beyond it
+are answered "unknown" rather than with the nearest stranger.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from facerank.errors import ImageError, StoreError
+from facerank.images import load_image
+from facerank.train import TRAIN_FOLDER
+
+#: Pairwise distances grow as n²; beyond this many images a seeded sample is used.
+MAX_IMAGES = 3000
+
+
+@dataclass(frozen=True)
+class Calibration:
+    threshold: float        # same person when distance <= threshold
+    far: float              # asked-for false-accept rate
+    measured_far: float     # share of different-people pairs accepted at the threshold
+    tar: float              # share of same-person pairs accepted at the threshold
+    same_pairs: int
+    different_pairs: int
+    source: str             # "held-out split" or "index"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def calibrate(store, *, far: float = 0.01, save: bool = True) -> Calibration:
+    """Choose the verification threshold of ``store`` at false-accept rate ``far``.
+
+    >>> calibrate(facerank.open("faces/"), far=0.01).threshold
+    """
+    if not 0.0 < far < 1.0:
+        raise ValueError(f"far must be between 0 and 1, got {far}")
+    items, source = _pairs_source(store)
+    if len(items) > MAX_IMAGES:
+        chosen = np.random.default_rng(0).choice(len(items), MAX_IMAGES, replace=False)
+        items = [items[i] for i in sorted(chosen)]
+    images, people = [], []
+    for path, person in items:
+        try:
+            images.append(load_image(path))
+            people.append(person)
+        except ImageError:
+            continue
+    vectors = store.model.embed(images)
+    labels = np.array(people)
+    squared = (vectors ** 2).sum(1)
+    distances = np.sqrt(np.maximum(squared[:, None] + squared[None] - 2 * vectors @ vectors.T, 0))
+    upper = np.triu_indices(len(vectors), 1)
+    same_person = labels[upper[0]] == labels[upper[1]]
+    same, different = distances[upper][same_person], distances[upper][~same_person]
+    if len(same) == 0 or len(different) == 0:
+        raise StoreError("calibration needs at least two images of one person and two people; "
+                         f"found {len(same)} same-person and {len(different)} different pairs")
+    threshold = _threshold_at(np.sort(different), far)
+    result = Calibration(threshold=threshold, far=far,
+                         measured_far=float(np.mean(different <= threshold)),
+                         tar=float(np.mean(same <= threshold)), same_pairs=int(len(same)),
+                         different_pairs=int(len(different)), source=source)
+    if save:
+        store.set_calibration(result.to_json())
+    return result
+
+
+def _threshold_at(different_sorted: np.ndarray, far: float) -> float:
+    """The largest threshold that accepts at most ``far`` of the different-people pairs."""
+    accepted = int(np.floor(far * len(different_sorted)))
+    if accepted == 0:
+        return float(np.nextafter(different_sorted[0], 0.0))
+    # Halfway between the last accepted and the first refused pair: the margin both ways.
+    return float((different_sorted[accepted - 1] + different_sorted[accepted]) / 2)
+
+
+def _pairs_source(store) -> tuple[list[tuple[str, str]], str]:
+    split_path = store.folder / TRAIN_FOLDER / "split.json"
+    if split_path.exists():
+        test = [tuple(item) for item in json.loads(split_path.read_text("utf-8"))["test"]]
+        if len({person for _, person in test}) >= 2 and len(test) > len({p for _, p in test}):
+            return test, "held-out split"
+    return [(r.path, r.person) for r in store.records], "index"

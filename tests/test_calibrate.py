@@ -1,0 +1,69 @@
+"""Threshold calibration, verify, and "unknown" answers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from facerank.calibrate import calibrate
+from facerank.cli.app import app
+from facerank.store import FaceStore
+
+from conftest import EXAMPLE_GALLERY
+
+
+def test_calibration_separates_people_and_is_stored(store_copy):
+    store, gallery = store_copy
+    assert store.threshold is None
+    result = calibrate(store, far=0.05)
+    assert result.source == "held-out split"
+    assert result.measured_far <= 0.05 + 1e-9
+    assert result.tar > 0.05  # accepts same-person pairs far more often than strangers
+    reopened = FaceStore.open(store.folder)
+    assert reopened.threshold == pytest.approx(result.threshold)
+    own = reopened.closest(gallery / "s1" / "1.pgm", k=1)[0]
+    assert reopened.is_unknown(own) is False
+
+
+def test_strangers_are_rejected_more_often_at_a_stricter_threshold(store_copy):
+    store, _ = store_copy
+    strangers = [str(p) for n in range(6, 11)
+                 for p in sorted((EXAMPLE_GALLERY / f"s{n}").glob("*.pgm"))]
+    nearest = [matches[0] for matches in store.closest(strangers, k=1)]
+    rejected = {}
+    for far in (0.01, 0.2):
+        calibrate(store, far=far)
+        rejected[far] = np.mean([store.is_unknown(match) for match in nearest])
+    # The tiny test model (48 px, 5 people, from scratch) rejects few strangers; the point
+    # here is that the threshold does what it says, not how good this model is.
+    assert rejected[0.01] > 0 and rejected[0.01] >= rejected[0.2]
+
+
+def test_calibration_is_dropped_when_the_model_changes(store_copy):
+    store, _ = store_copy
+    calibrate(store)
+    store.model.network.fc.bias.data += 1.0
+    store.model.save(store.folder)
+    assert FaceStore.open(store.folder).threshold is None
+
+
+def test_verify_and_calibrate_commands(store_copy):
+    store, gallery = store_copy
+    runner = CliRunner()
+    same = [str(gallery / "s1" / "1.pgm"), str(gallery / "s1" / "1.pgm")]
+    result = runner.invoke(app, ["verify", *same, "--store", str(store.folder), "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["same"] is None
+    result = runner.invoke(app, ["calibrate", "--store", str(store.folder), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["threshold"] > 0
+    result = runner.invoke(app, ["verify", *same, "--store", str(store.folder)])
+    assert result.exit_code == 0 and "same person" in result.stdout
+    noise = gallery / "noise.png"
+    from PIL import Image
+
+    Image.fromarray((np.random.default_rng(1).random((112, 92)) * 255).astype(np.uint8)).save(noise)
+    result = runner.invoke(app, ["verify", same[0], str(noise), "--store", str(store.folder)])
+    assert result.exit_code == 4 and "different people" in result.stdout
