@@ -343,12 +343,10 @@ def verify(
     import facerank
 
     opened = facerank.open(_store_path(store))
-    vectors = opened.embed([photo_a, photo_b])
-    distance = float(((vectors[0] - vectors[1]) ** 2).sum() ** 0.5)
-    threshold = opened.threshold
-    same = None if threshold is None else distance <= threshold
+    verdict = opened.verify(photo_a, photo_b)
+    distance, threshold, same = verdict.distance, verdict.threshold, verdict.same
     if as_json:
-        _emit_json({"distance": distance, "threshold": threshold, "same": same})
+        _emit_json(vars(verdict))
     elif same is None:
         typer.echo(f"distance {distance:.4f}; no threshold calibrated (run `facerank calibrate "
                    f"--store {opened.folder}`)")
@@ -510,8 +508,6 @@ def demo(
 
     Example:  facerank demo
     """
-    import json as _json
-
     from facerank.evaluate import evaluate as run_evaluation
     from facerank.store import FaceStore
     from facerank.train import preset as make_preset, train as run_training
@@ -525,7 +521,7 @@ def demo(
     say(f"1/4 training '{name}' preset on {gallery} ({epochs} epochs at {image_size} px, "
         f"weights: {weights}) ...")
     trained = run_training(gallery, store, config, weights=weights, show_progress=not as_json)
-    split = _json.loads((store / "train" / "split.json").read_text())
+    split = json.loads((store / "train" / "split.json").read_text())
     say(f"2/4 indexing the {len(split['train'])} training images ...")
     opened = FaceStore.open(store)
     paths, people = zip(*split["train"])

@@ -23,6 +23,8 @@ _EXPORTS = {
     "default_store_path": "facerank.api",
     "FaceStore": "facerank.store", "Match": "facerank.store", "Prediction": "facerank.store",
     "ChangeReport": "facerank.store", "Record": "facerank.store",
+    "Verification": "facerank.store", "calibrate": "facerank.calibrate",
+    "Calibration": "facerank.calibrate", "diagnose": "facerank.doctor",
     "FaceModel": "facerank.model", "ModelConfig": "facerank.model",
     "FaceIndex": "facerank.index",
     "TrainConfig": "facerank.train", "PRESETS": "facerank.train", "preset": "facerank.train",

@@ -156,6 +156,11 @@ def _read_state_file(path: Path) -> dict:
     return state
 
 
+def resize_for_model(image: Image.Image, size: int) -> np.ndarray:
+    """The one resize every path uses (training, indexing, queries): H x W x 3 uint8."""
+    return np.asarray(image.resize((size, size), Image.BILINEAR, reducing_gap=3.0))
+
+
 class FaceModel:
     """A network and its config: preprocess, embed and classify images.
 
@@ -182,9 +187,7 @@ class FaceModel:
 
     def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Resize RGB images to the model's size: a uint8 tensor N x 3 x S x S."""
-        size = self.config.image_size
-        arrays = [np.asarray(image.resize((size, size), Image.BILINEAR, reducing_gap=3.0))
-                  for image in images]
+        arrays = [resize_for_model(image, self.config.image_size) for image in images]
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:

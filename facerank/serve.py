@@ -157,12 +157,9 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
     async def verify(photo_a: UploadFile = File(...), photo_b: UploadFile = File(...),
                      entry: _Served = Depends(get_store)):
         """How far apart two faces are; `same` once the store has a calibrated threshold."""
-        images = [await read_photo(photo_a, "photo_a"), await read_photo(photo_b, "photo_b")]
-        vectors = entry.store.embed(images)
-        distance = float(((vectors[0] - vectors[1]) ** 2).sum() ** 0.5)
-        threshold = entry.store.threshold
-        return {"distance": distance, "threshold": threshold,
-                "same": None if threshold is None else distance <= threshold}
+        verdict = entry.store.verify(await read_photo(photo_a, "photo_a"),
+                                     await read_photo(photo_b, "photo_b"))
+        return asdict(verdict)
 
     @app.get("/api/stores/{name}/thumbnails/{record_id}", responses={200: {"content": {"image/jpeg": {}}}})
     def thumbnail(record_id: int, entry: _Served = Depends(get_store)):

@@ -31,6 +31,7 @@ from facerank.gallery import scan_gallery
 from facerank.images import ImageInput, describe, is_image_input, load_image
 from facerank.index import DEFAULT_FACTORY, FaceIndex
 from facerank.model import CONFIG_FILE, FaceModel
+from facerank.progress import Progress
 
 FORMAT_VERSION = 1
 STATE_FILE = "store.json"
@@ -69,6 +70,15 @@ class Prediction:
     rank: int
     person: str
     probability: float
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Two faces compared: their distance, and a verdict once a threshold is calibrated."""
+
+    distance: float
+    threshold: float | None
+    same: bool | None
 
 
 @dataclass
@@ -232,6 +242,18 @@ class FaceStore:
         predictions = [self._predictions(row, top_k) for row in probabilities]
         return (matches[0], predictions[0]) if single else (matches, predictions)
 
+    def verify(self, image_a: ImageInput, image_b: ImageInput) -> Verification:
+        """Same person or not, by the distance between the two face prints.
+
+        >>> store.verify("a.jpg", "b.jpg")
+        Verification(distance=0.21, threshold=0.24, same=True)
+        """
+        vectors = self.model.embed([load_image(image_a), load_image(image_b)])
+        distance = float(np.linalg.norm(vectors[0] - vectors[1]))
+        threshold = self.threshold
+        return Verification(distance=distance, threshold=threshold,
+                            same=None if threshold is None else distance <= threshold)
+
     def search_vectors(self, vectors: np.ndarray, *, k: int = 5) -> list[list[Match]]:
         """``closest`` for embeddings already computed (by ``embed``)."""
         self._check_queryable()
@@ -351,9 +373,7 @@ class FaceStore:
 
     def _embed_files(self, pending: list[tuple[Path, str, Record | None]], report: ChangeReport,
                      show_progress: bool, commit_every: int, *, batch_size: int = 32) -> None:
-        from facerank.train import _Progress
-
-        progress = _Progress(show_progress and len(pending) > 0)
+        progress = Progress(show_progress and len(pending) > 0)
         with progress:
             task = progress.add("embedding", len(pending))
             since_commit = 0

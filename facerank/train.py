@@ -30,7 +30,8 @@ from facerank import atomic
 from facerank.errors import GalleryError, ImageError, StoreMismatchError
 from facerank.gallery import GalleryImage, scan_gallery, split_gallery
 from facerank.images import load_image
-from facerank.model import FaceModel, features_and_logits
+from facerank.model import FaceModel, features_and_logits, resize_for_model
+from facerank.progress import Progress
 
 TRAIN_FOLDER = "train"          # inside the store: history, curves, split, checkpoints
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -130,7 +131,7 @@ def decode_images(images: list[GalleryImage], size: int, on_step: Callable[[], N
             skipped.append((str(item.path), error.reason))
         else:
             kept.append(item)
-            arrays.append(np.asarray(image.resize((size, size), resample=2, reducing_gap=3.0)))
+            arrays.append(resize_for_model(image, size))
         if on_step:
             on_step()
     if not arrays:
@@ -228,7 +229,7 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
 
     scanned = scan_gallery(gallery)
     split = split_gallery(scanned, test_fraction=config.test_fraction, seed=config.seed)
-    progress = _Progress(show_progress)
+    progress = Progress(show_progress)
     with progress:
         task = progress.add("decoding", len(split.train) + len(split.test))
         train_items, train_pixels, skipped = decode_images(list(split.train), config.image_size,
@@ -376,39 +377,3 @@ def plot_history(history: list[dict], path: Path) -> None:
     figure.tight_layout()
     atomic.write_with(path, lambda temporary: figure.savefig(temporary, format="png", dpi=100))
     plt.close(figure)
-
-
-class _Progress:
-    """A rich progress bar on stderr when asked for, nothing otherwise."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self._bar = None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
-            from rich.console import Console
-
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 console=Console(stderr=True), transient=False)
-            self._bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
-            self._bar = None
-
-    def add(self, description: str, total: int):
-        return self._bar.add_task(description, total=total) if self._bar else None
-
-    def advance(self, task) -> None:
-        if self._bar is not None:
-            self._bar.advance(task)
-
-    def describe(self, task, description: str) -> None:
-        if self._bar is not None:
-            self._bar.update(task, description=description)
