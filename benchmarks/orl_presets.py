@@ -134,7 +134,13 @@ def to_markdown(results: dict) -> str:
     baseline = results["pca_svm"]
     lines += [f"| PCA (60, whitened) + RBF SVM on 46×56 pixels | {baseline['accuracy']:.1%} | | | "
               f"| | | {baseline['seconds']:.0f} | | | |", "",
-              "## Raw vs L2-normalised embeddings (leave-one-out over all 400 images)", "",
+              "Timings are wall-clock on the 2-core machine and were taken while other jobs "
+              "(the test suite) shared it: read them as upper bounds; "
+              "`benchmarks/steps.py` times each step on a quiet machine.", "",
+              "## Raw vs L2-normalised embeddings", "",
+              "Leave-one-out nearest-neighbour search over all 400 images (280 of them seen in "
+              "training), with the avg_pool vectors of the same trained network, raw or "
+              "L2-normalised: 1-NN accuracy and mean average precision.", "",
               "| recipe | raw 1-NN | L2 1-NN | raw mAP | L2 mAP |", "|---|---|---|---|---|"]
     for r in results["presets"]:
         q = r["leave_one_out_ranking"]

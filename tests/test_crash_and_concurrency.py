@@ -67,6 +67,8 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path, trained):
         process.wait()
         counts.append(_check_consistent(folder))
     assert kills >= 4, "the build finished too fast to be interrupted; make the gallery larger"
+    print(f"\nSIGKILL test: {kills} kills survived, {sum(counts)} records checked after them, "
+          f"index sizes {counts}")
     assert counts == sorted(counts)  # never goes backwards
     store = FaceStore.open(folder)
     report = store.sync_folder(gallery)
