@@ -30,8 +30,8 @@ BUILD = textwrap.dedent("""
 """)
 
 
-def _big_gallery(root: Path) -> Path:
-    """10 people x 20 images: the ORL subset and its mirror images."""
+def _big_gallery(root: Path, variants: int = 2) -> Path:
+    """10 people x 10 x `variants` images: the ORL subset, mirrored and slightly rotated."""
     for person_dir in sorted(EXAMPLE_GALLERY.iterdir()):
         if not person_dir.is_dir():
             continue
@@ -39,43 +39,67 @@ def _big_gallery(root: Path) -> Path:
         target.mkdir(parents=True)
         for image in sorted(person_dir.glob("*.pgm")):
             shutil.copy(image, target / image.name)
-            Image.open(image).transpose(Image.FLIP_LEFT_RIGHT).save(target / f"m{image.name}")
+            picture = Image.open(image)
+            made = [picture.transpose(Image.FLIP_LEFT_RIGHT), picture.rotate(6), picture.rotate(-6)]
+            for number, variant in enumerate(made[:variants - 1]):
+                variant.save(target / f"v{number}_{image.name}")
     return root
 
 
-def _check_consistent(folder: Path) -> int:
-    store = FaceStore.open(folder)  # refuses if records and index ids disagree
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0
+
+
+def _check_consistent(folder: Path) -> set[tuple[int, str]]:
+    """Open the store (it refuses if records and index ids disagree); return (id, path)s."""
+    store = FaceStore.open(folder)
     for record in store.records:
         assert file_sha256(record.path) == record.sha256
-    assert not list(folder.glob("index-*.faiss.tmp"))
-    return len(store)
+    return {(record.id, record.path) for record in store.records}
 
 
 def test_sigkill_at_random_moments_loses_nothing(tmp_path, trained):
-    gallery = _big_gallery(tmp_path / "gallery")
+    gallery = _big_gallery(tmp_path / "gallery", variants=4)
+    total = 400
     folder = tmp_path / "store"
     shutil.copytree(trained[0], folder)
     rng = random.Random(1234)
-    counts, kills = [], 0
-    for attempt in range(8):
+    counts, kills, previous = [], 0, set()
+    for attempt in range(10):
+        before = _mtime(folder / STATE_FILE)
         process = subprocess.Popen([sys.executable, "-c", BUILD, str(folder), str(gallery)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(3.0, 8.0))  # torch import alone takes ~3 s
+        # Wait for this run's first commit (imports and model loading come first), then kill
+        # at a random moment of the embedding and committing that follows.
+        deadline = time.monotonic() + 120
+        while (process.poll() is None and _mtime(folder / STATE_FILE) == before
+               and time.monotonic() < deadline):
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.5))
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             kills += 1
         process.wait()
-        counts.append(_check_consistent(folder))
-    assert kills >= 4, "the build finished too fast to be interrupted; make the gallery larger"
+        indexed = _check_consistent(folder)
+        # What an earlier run committed survives, under the same id: nothing is embedded twice.
+        assert indexed >= previous
+        previous = indexed
+        counts.append(len(indexed))
+        if counts[-1] == total:
+            break
+    assert kills >= 3, f"only {kills} kills landed mid-build; make the gallery larger"
     print(f"\nSIGKILL test: {kills} kills survived, {sum(counts)} records checked after them, "
           f"index sizes {counts}")
     assert counts == sorted(counts)  # never goes backwards
     store = FaceStore.open(folder)
     report = store.sync_folder(gallery)
-    assert report.added == 200 - counts[-1] and report.unchanged == counts[-1]
-    assert len(store) == 200
+    assert report.added == total - counts[-1] and report.unchanged == counts[-1]
+    assert len(store) == total
     # Every vector is the one its file gives now: each image finds itself.
-    sample = store.records[::17]
+    sample = store.records[::37]
     for record, matches in zip(sample, store.closest([r.path for r in sample], k=1)):
         assert matches[0].id == record.id and matches[0].distance < 1e-3
 
@@ -107,7 +131,7 @@ def test_readers_see_consistent_snapshots_while_another_process_writes(tmp_path,
     assert writer.wait() == 0
     assert errors == []
     assert len(answers) > 5 and max(answers) <= 200
-    assert len(FaceStore.open(folder)) == 200
+    assert len(FaceStore.open(folder)) == 200  # 10 people x 10 images x 2 variants
 
 
 def test_one_store_object_shared_by_query_threads_and_a_writer(store_copy, tmp_path):
