@@ -176,12 +176,19 @@ class FaceModel:
     @classmethod
     def create(cls, people: Sequence[str], *, weights: str = "imagenet", image_size: int = 224,
                normalize_embeddings: bool = True) -> "FaceModel":
+        state, origin = load_backbone_weights(weights)
+        return cls.from_backbone(people, state, origin, image_size=image_size,
+                                 normalize_embeddings=normalize_embeddings)
+
+    @classmethod
+    def from_backbone(cls, people: Sequence[str], backbone_state: dict | None, origin: str, *,
+                      image_size: int = 224, normalize_embeddings: bool = True) -> "FaceModel":
+        """A model over already-loaded backbone weights (see ``load_backbone_weights``)."""
         if not people:
             raise ValueError("a model needs at least one person")
-        state, origin = load_backbone_weights(weights)
         config = ModelConfig(people=tuple(people), image_size=image_size,
                              normalize_embeddings=normalize_embeddings, weights_origin=origin)
-        return cls(build_network(len(people), state), config)
+        return cls(build_network(len(people), backbone_state), config)
 
     # -- preprocessing: shared by training, indexing and queries -------------------------------
 

@@ -30,7 +30,8 @@ from facerank import atomic
 from facerank.errors import GalleryError, ImageError, StoreMismatchError
 from facerank.gallery import GalleryImage, scan_gallery, split_gallery
 from facerank.images import load_image
-from facerank.model import FaceModel, features_and_logits, resize_for_model
+from facerank.model import (FaceModel, features_and_logits, load_backbone_weights,
+                            resize_for_model)
 from facerank.progress import Progress
 
 TRAIN_FOLDER = "train"          # inside the store: history, curves, split, checkpoints
@@ -226,6 +227,8 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
     store = Path(store)
     run_dir = store / TRAIN_FOLDER
     torch.manual_seed(config.seed)
+    # Weights first: a missing download should fail in seconds, not after decoding the gallery.
+    backbone_state, weights_origin = load_backbone_weights(weights)
 
     scanned = scan_gallery(gallery)
     split = split_gallery(scanned, test_fraction=config.test_fraction, seed=config.seed)
@@ -249,8 +252,9 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
     test_pixels = test_pixels[keep] if len(keep) else test_pixels[:0]
     test_labels = torch.tensor([label_of[i.person] for i in test_items], dtype=torch.long)
 
-    model = FaceModel.create(people, weights=weights, image_size=config.image_size,
-                             normalize_embeddings=normalize_embeddings)
+    model = FaceModel.from_backbone(people, backbone_state, weights_origin,
+                                    image_size=config.image_size,
+                                    normalize_embeddings=normalize_embeddings)
     network = model.network.to(memory_format=torch.channels_last)
     parameters = _set_trainable(network, config.trainable)
     optimizer = _make_optimizer(parameters, config)

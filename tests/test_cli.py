@@ -90,9 +90,20 @@ def test_unreadable_photo_is_named(tmp_path, trained, gallery):
     assert result.exit_code == 1 and f"{bad}: not an image" in result.output
 
 
+def test_doctor_exit_codes(tmp_path, gallery):
+    result = invoke("doctor", gallery, "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["findings"] == []
+    broken = tmp_path / "g"
+    shutil.copytree(gallery, broken)
+    (broken / "s1" / "bad.jpg").write_text("no")
+    result = invoke("doctor", broken)
+    assert result.exit_code == 3 and "[unreadable]" in result.stdout and "bad.jpg" in result.stdout
+
+
 @pytest.mark.parametrize("command", [["train"], ["index", "build"], ["index", "add"],
                                      ["index", "remove"], ["index", "info"], ["query"],
-                                     ["classify"], ["evaluate"], ["demo"]])
+                                     ["classify"], ["evaluate"], ["demo"], ["doctor"],
+                                     ["verify"], ["calibrate"], ["serve"]])
 def test_every_command_has_help_with_an_example(command):
     result = invoke(*command, "--help")
     assert result.exit_code == 0 and "Example" in result.output

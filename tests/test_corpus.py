@@ -104,6 +104,28 @@ def test_index_build_skips_and_names_every_broken_file(tmp_path, trained):
             assert reopened.closest(record.path, k=1)[0].id == record.id
 
 
+def test_an_unreadable_file_is_skipped(tmp_path, trained, monkeypatch):
+    gallery, _ = make_corpus(tmp_path / "corpus")
+    secret = gallery / "s1" / "3.pgm"
+    if os.geteuid() == 0:
+        # Root reads every file whatever its mode, so the refusal is simulated where it starts.
+        real_open = Path.open
+
+        def refusing_open(self, *args, **kwargs):
+            if self == secret:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real_open(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "open", refusing_open)
+    else:
+        secret.chmod(0)
+    folder = tmp_path / "store"
+    shutil.copytree(trained[0], folder)
+    report = FaceStore.open(folder).sync_folder(gallery)
+    assert any(path == str(secret) and "permission denied" in reason.lower()
+               for path, reason in report.skipped)
+
+
 def test_train_and_evaluate_skip_broken_files(tmp_path):
     gallery, expected = make_corpus(tmp_path / "corpus")
     with warnings.catch_warnings():
