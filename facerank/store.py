@@ -19,7 +19,8 @@ import json
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -30,7 +31,7 @@ from facerank.errors import ImageError, StoreError, StoreLockedError, StoreMisma
 from facerank.gallery import scan_gallery
 from facerank.images import ImageInput, describe, is_image_input, load_image
 from facerank.index import DEFAULT_FACTORY, FaceIndex
-from facerank.model import CONFIG_FILE, FaceModel
+from facerank.model import CONFIG_FILE, FaceModel, read_config
 from facerank.progress import Progress
 
 FORMAT_VERSION = 1
@@ -311,7 +312,7 @@ class FaceStore:
             raise ValueError(f"{len(people)} people for {len(paths)} paths")
         for name in set(people):
             _check_person_name(name)
-        with self._lock():
+        with self._writing():
             report = ChangeReport()
             self._reembed_if_stale(report, show_progress, commit_every)
             self._ingest(list(zip(paths, people)), report, show_progress, commit_every)
@@ -322,10 +323,10 @@ class FaceStore:
                person: str | None = None) -> ChangeReport:
         """Remove images by record id, by path, or every image of a person."""
         wanted_paths = {_key(p) for p in paths}
-        doomed = set(int(i) for i in ids) & set(self._records)
-        doomed |= {r.id for r in self._records.values()
-                   if _key(r.path) in wanted_paths or (person is not None and r.person == person)}
-        with self._lock():
+        with self._writing():
+            doomed = set(int(i) for i in ids) & set(self._records)
+            doomed |= {r.id for r in self._records.values() if _key(r.path) in wanted_paths
+                       or (person is not None and r.person == person)}
             self._drop(doomed)
             self._commit()
         return ChangeReport(removed=len(doomed))
@@ -340,7 +341,7 @@ class FaceStore:
         """
         scanned = scan_gallery(gallery)
         root = _key(scanned.root)
-        with self._lock():
+        with self._writing():
             report = ChangeReport(skipped=list(scanned.problems))
             self._reembed_if_stale(report, show_progress, commit_every)
             present = {_key(image.path): image for image in scanned.images}
@@ -385,6 +386,11 @@ class FaceStore:
                         info = os.stat(path)
                         digest = file_sha256(path)
                         if old is not None and old.sha256 == digest and old.person == person:
+                            # Touched but not changed: remember the new stat, skip the hashing
+                            # next time.
+                            with self._mutex:
+                                self._records[old.id] = replace(old, size=info.st_size,
+                                                                mtime_ns=info.st_mtime_ns)
                             report.unchanged += 1
                             continue
                         image = load_image(path)
@@ -436,7 +442,7 @@ class FaceStore:
 
     def set_calibration(self, calibration: dict) -> None:
         """Store a verification threshold (see ``facerank.calibrate``) for the current model."""
-        with self._lock():
+        with self._writing():
             self._state["calibration"] = {**calibration,
                                           "model_identity": self.model.config.identity}
             self._commit()
@@ -484,6 +490,27 @@ class FaceStore:
 
     def _lock(self):
         return _StoreLock(self.folder / LOCK_FILE)
+
+    @contextmanager
+    def _writing(self):
+        """Hold the store's lock, starting from what is on disk now, not from when we opened.
+
+        Another process may have committed since this object was opened; writing our older
+        snapshot would silently undo its work.
+        """
+        with self._lock():
+            self._refresh()
+            yield
+
+    def _refresh(self) -> None:
+        on_disk = _read_state(self.folder)
+        if read_config(self.folder).fingerprint != self.model.config.fingerprint:
+            self.model = FaceModel.load(self.folder, device=str(self.model.device))
+        if on_disk is None or on_disk.get("generation") == self._state.get("generation"):
+            return
+        index, records = _read_generation(self.folder, on_disk)
+        with self._mutex:
+            self._index, self._records, self._state = index, records, on_disk
 
 
 class _StoreLock:

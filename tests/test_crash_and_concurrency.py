@@ -199,3 +199,15 @@ def test_changed_preprocessing_makes_the_index_stale(store_copy):
     reopened = FaceStore.open(store.folder)
     assert reopened.is_stale
     assert reopened.sync_folder(gallery).reembedded == 50
+
+
+def test_a_writer_with_an_old_snapshot_does_not_undo_another_writers_work(store_copy, tmp_path):
+    store, gallery = store_copy
+    other = FaceStore.open(store.folder)  # opened before the change below
+    newcomer = tmp_path / "new.png"
+    Image.open(gallery / "s1" / "1.pgm").rotate(8).save(newcomer)
+    store.add([newcomer], person="visitor")
+    other.remove(person="s2")  # must start from the store as it is now, visitor included
+    final = FaceStore.open(store.folder)
+    people = {record.person for record in final.records}
+    assert "visitor" in people and "s2" not in people and len(final) == 41
