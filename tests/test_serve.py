@@ -147,3 +147,21 @@ def test_queries_stay_correct_while_enrolling(client):
         reads = list(pool.map(query, range(24)))
     assert [w.result() for w in writes] == [200] * 6
     assert reads == ["3.pgm"] * 24
+
+
+def test_several_stores_are_served_side_by_side(store_copy, trained, tmp_path):
+    import shutil
+
+    store, gallery = store_copy
+    second = tmp_path / "second"
+    shutil.copytree(store.folder, second)
+    app = create_app({"first": store.folder, "second": second})
+    with TestClient(app) as client:
+        assert [s["name"] for s in client.get("/api/stores").json()] == ["first", "second"]
+        assert client.delete("/api/stores/second/people/s1").json()["removed"] == 10
+        photo = {"photo": _photo(gallery / "s1" / "1.pgm")}
+        first = client.post("/api/stores/first/closest?k=1", files=photo).json()["closest"][0]
+        other = client.post("/api/stores/second/closest?k=1", files=photo).json()["closest"][0]
+        assert first["person"] == "s1" and other["person"] != "s1"
+    with pytest.raises(ValueError, match="same folder name"):
+        create_app([store.folder, tmp_path / "x" / store.folder.name])
