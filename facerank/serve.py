@@ -24,7 +24,7 @@ from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Uploa
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from facerank import __version__
+from facerank import __version__, atomic
 from facerank.errors import FacerankError, ImageError, StoreLockedError
 from facerank.images import load_image
 from facerank.store import FaceStore
@@ -57,6 +57,7 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
     if len(named) < len(stores):
         raise ValueError("two stores have the same folder name; pass a dict of names to folders")
     served = {name: _Served(name, FaceStore.open(folder)) for name, folder in named.items()}
+    page_html = PAGE.read_text("utf-8")  # read once: it is part of the package, not of the store
 
     app = FastAPI(title="facerank", version=__version__,
                   description="Who is in a photo, and which gallery images are closest.")
@@ -108,7 +109,7 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page():
-        return HTMLResponse(PAGE.read_text("utf-8"))
+        return HTMLResponse(page_html)
 
     @app.get("/api/health")
     def health():
@@ -196,8 +197,6 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
             data = buffer.getvalue()
             path = folder / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
             if not path.exists():
-                from facerank import atomic
-
                 atomic.write_bytes(path, data)
             paths.append(path)
         with entry.write_lock:
