@@ -25,7 +25,7 @@ _EXPORTS = {
     "ChangeReport": "facerank.store", "Record": "facerank.store",
     "Verification": "facerank.store", "calibrate": "facerank.calibrate",
     "Calibration": "facerank.calibrate", "diagnose": "facerank.doctor",
-    "FaceModel": "facerank.model", "ModelConfig": "facerank.model",
+    "FaceModel": "facerank.model", "ModelConfig": "facerank.config",
     "FaceIndex": "facerank.index",
     "TrainConfig": "facerank.train", "PRESETS": "facerank.train", "preset": "facerank.train",
     "train": "facerank.train", "TrainResult": "facerank.train",

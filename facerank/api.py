@@ -16,7 +16,7 @@ import numpy as np
 
 from facerank.images import ImageInput
 from facerank.store import STATE_FILE, FaceStore, Match, Prediction
-from facerank.model import CONFIG_FILE
+from facerank.config import CONFIG_FILE
 
 DEFAULT_STORE = "facerank-store"
 _cache: dict[str, tuple[tuple, FaceStore]] = {}

@@ -9,9 +9,8 @@ disagree on it.
 from __future__ import annotations
 
 import hashlib
-import json
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -21,50 +20,9 @@ from PIL import Image
 from torch import nn
 
 from facerank import atomic
+from facerank.config import (CONFIG_FILE, EMBEDDING_DIM, IMAGENET_MEAN, IMAGENET_STD,  # noqa: F401
+                             ModelConfig, read_config, resize_for_model)
 from facerank.errors import StoreError, StoreMismatchError, WeightsUnavailableError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-EMBEDDING_DIM = 2048
-CONFIG_FILE = "model.json"
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild the network and feed it, saved as ``model.json``."""
-
-    people: tuple[str, ...]          # the head's classes, in logit order
-    image_size: int = 224            # images are resized to image_size x image_size
-    mean: tuple[float, float, float] = IMAGENET_MEAN  # per-channel normalisation after /255
-    std: tuple[float, float, float] = IMAGENET_STD
-    normalize_embeddings: bool = True  # L2-normalise avg_pool vectors (see README, "Embeddings")
-    weights_origin: str = "none"     # what the backbone started from: imagenet:..., file:..., none
-    arch: str = "resnet50"
-    embedding_dim: int = EMBEDDING_DIM
-    weights_file: str = ""           # file name of the weights inside the store
-    fingerprint: str = ""            # sha256 of that file; indexes record it to refuse mixing
-    facerank_version: str = ""       # the version that saved it
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @property
-    def identity(self) -> str:
-        """What an index's vectors depend on: the weights *and* how images are fed to them.
-
-        Two configs with the same identity embed every image identically; an index records the
-        identity of the model that filled it.
-        """
-        parts = [self.fingerprint, self.arch, self.image_size, list(self.mean), list(self.std),
-                 self.normalize_embeddings, self.embedding_dim]
-        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
-
-    @classmethod
-    def from_json(cls, data: dict) -> "ModelConfig":
-        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
-        for name in ("people", "mean", "std"):
-            known[name] = tuple(known[name])
-        return cls(**known)
 
 
 def _torchvision_models():
@@ -156,9 +114,12 @@ def _read_state_file(path: Path) -> dict:
     return state
 
 
-def resize_for_model(image: Image.Image, size: int) -> np.ndarray:
-    """The one resize every path uses (training, indexing, queries): H x W x 3 uint8."""
-    return np.asarray(image.resize((size, size), Image.BILINEAR, reducing_gap=3.0))
+def _onnx_exporter_available() -> bool:
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export writes through it)
+    except ImportError:
+        return False
+    return True
 
 
 class FaceModel:
@@ -167,6 +128,9 @@ class FaceModel:
     >>> model = FaceModel.load("faces/")
     >>> vectors, probabilities = model.embed_and_classify([image_a, image_b])
     """
+
+    runtime = "torch"
+    precision = "fp32"
 
     def __init__(self, network: nn.Module, config: ModelConfig, *, device: str = "cpu"):
         self.network = network.to(device).eval()
@@ -233,11 +197,13 @@ class FaceModel:
 
     # -- persistence -----------------------------------------------------------------------------
 
-    def save(self, folder: str | Path) -> ModelConfig:
+    def save(self, folder: str | Path, *, export_onnx: bool = True) -> ModelConfig:
         """Write the weights (safetensors, no pickle) and ``model.json`` into ``folder``.
 
-        The weights file is named after its fingerprint and ``model.json`` is replaced last, so a
-        crash leaves either the old model or the new one, never a mix.
+        With ``export_onnx`` and the ``onnx`` package installed, the same network is also
+        exported for ONNX Runtime, which answers queries without importing torch.
+        Files are named after their fingerprint and ``model.json`` is replaced last, so a crash
+        leaves either the old model or the new one, never a mix.
         """
         from safetensors.torch import save as save_safetensors
 
@@ -250,11 +216,20 @@ class FaceModel:
         previous = read_config(folder) if (folder / CONFIG_FILE).exists() else None
         from facerank import __version__
 
-        self.config = replace(self.config, weights_file=weights_file, fingerprint=fingerprint,
-                              facerank_version=__version__)
+        config = replace(self.config, weights_file=weights_file, fingerprint=fingerprint,
+                         facerank_version=__version__, onnx_file="", onnx_fingerprint="")
+        if export_onnx and _onnx_exporter_available():
+            from facerank import onnx_model
+
+            onnx_file = f"model-{fingerprint[:16]}.onnx"
+            onnx_fingerprint = onnx_model.export(self.network, config, folder / onnx_file)
+            config = replace(config, onnx_file=onnx_file, onnx_fingerprint=onnx_fingerprint)
+        self.config = config
         atomic.write_json(folder / CONFIG_FILE, self.config.to_json())
-        if previous and previous.weights_file and previous.weights_file != weights_file:
-            (folder / previous.weights_file).unlink(missing_ok=True)
+        if previous:
+            for old_file in (previous.weights_file, previous.onnx_file):
+                if old_file and old_file not in (config.weights_file, config.onnx_file):
+                    (folder / old_file).unlink(missing_ok=True)
         return self.config
 
     @classmethod
@@ -276,14 +251,3 @@ class FaceModel:
         network = build_network(len(config.people))
         network.load_state_dict(load_safetensors(data))
         return cls(network, config, device=device)
-
-
-def read_config(folder: str | Path) -> ModelConfig:
-    path = Path(folder) / CONFIG_FILE
-    try:
-        return ModelConfig.from_json(json.loads(path.read_text("utf-8")))
-    except FileNotFoundError:
-        raise StoreError(f"no model in {Path(folder)}: run `facerank train GALLERY --store "
-                         f"{Path(folder)}` first") from None
-    except (OSError, ValueError, TypeError, KeyError) as error:
-        raise StoreError(f"{path}: damaged model config ({error})") from None

@@ -22,7 +22,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -31,8 +31,9 @@ from facerank.errors import ImageError, StoreError, StoreLockedError, StoreMisma
 from facerank.gallery import scan_gallery
 from facerank.images import ImageInput, describe, is_image_input, load_image
 from facerank.index import DEFAULT_FACTORY, FaceIndex
-from facerank.model import CONFIG_FILE, FaceModel, read_config
+from facerank.config import CONFIG_FILE, read_config
 from facerank.progress import Progress
+from facerank.runtime import load_model
 
 FORMAT_VERSION = 1
 STATE_FILE = "store.json"
@@ -115,10 +116,11 @@ class FaceStore:
     [Prediction(rank=0, person='ada', probability=0.93), Prediction(rank=1, ...)]
     """
 
-    def __init__(self, folder: Path, model: FaceModel, index: FaceIndex, records: dict[int, Record],
-                 state: dict):
+    def __init__(self, folder: Path, model, index: FaceIndex, records: dict[int, Record],
+                 state: dict, *, device: str = "cpu", runtime: str | None = None):
         self.folder = folder
-        self.model = model
+        self.model = model  # a FaceModel (torch) or an OnnxFaceModel: see facerank.runtime
+        self._device, self._runtime = device, runtime
         self._index = index
         self._records = records
         self._state = state
@@ -129,8 +131,13 @@ class FaceStore:
     # -- opening ---------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, folder: str | Path, *, device: str = "cpu") -> "FaceStore":
-        """Open a store made by ``facerank train``; the index may still be empty."""
+    def open(cls, folder: str | Path, *, device: str = "cpu", runtime: str | None = None
+             ) -> "FaceStore":
+        """Open a store made by ``facerank train``; the index may still be empty.
+
+        ``runtime``: ``"auto"`` (default, or ``$FACERANK_RUNTIME``), ``"onnxruntime"`` or
+        ``"torch"`` — which engine runs the network; see ``facerank.runtime``.
+        """
         folder = Path(folder)
         if not (folder / CONFIG_FILE).exists():
             if not folder.exists():
@@ -138,14 +145,16 @@ class FaceStore:
                                  f"{folder}` to make one")
             raise StoreError(f"{folder} is not a facerank store (no {CONFIG_FILE}); run "
                              f"`facerank train GALLERY --store {folder}`")
-        model = FaceModel.load(folder, device=device)
+        model = load_model(folder, device=device, runtime=runtime)
+        opened = {"device": device, "runtime": runtime}
         for attempt in range(5):
             state = _read_state(folder)
             if state is None:
                 state = {"format_version": FORMAT_VERSION, "generation": 0, "next_id": 0,
                          "model_identity": model.config.identity,
                          "index_factory": DEFAULT_FACTORY}
-                return cls(folder, model, FaceIndex(model.config.embedding_dim), {}, state)
+                return cls(folder, model, FaceIndex(model.config.embedding_dim), {}, state,
+                           **opened)
             try:
                 index, records = _read_generation(folder, state)
                 break
@@ -159,7 +168,7 @@ class FaceStore:
         if sorted(records) != sorted(index.ids.tolist()):
             raise StoreMismatchError(f"{folder}: index ids and records disagree; rebuild with "
                                      f"`facerank index build GALLERY --store {folder}`")
-        return cls(folder, model, index, records, state)
+        return cls(folder, model, index, records, state, **opened)
 
     @property
     def is_stale(self) -> bool:
@@ -205,6 +214,7 @@ class FaceStore:
             "embedding_dim": config.embedding_dim,
             "normalized_embeddings": config.normalize_embeddings,
             "weights_origin": config.weights_origin, "model_fingerprint": config.fingerprint,
+            "runtime": self.model.runtime, "precision": self.model.precision,
             "index_factory": self._state.get("index_factory", DEFAULT_FACTORY),
             "index_is_stale": self.is_stale, "images_per_person": dict(sorted(counts.items())),
         }
@@ -505,7 +515,7 @@ class FaceStore:
     def _refresh(self) -> None:
         on_disk = _read_state(self.folder)
         if read_config(self.folder).fingerprint != self.model.config.fingerprint:
-            self.model = FaceModel.load(self.folder, device=str(self.model.device))
+            self.model = load_model(self.folder, device=self._device, runtime=self._runtime)
         if on_disk is None or on_disk.get("generation") == self._state.get("generation"):
             return
         index, records = _read_generation(self.folder, on_disk)

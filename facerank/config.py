@@ -1,0 +1,78 @@
+"""What a trained model is, without the network: its config, preprocessing and file names.
+
+Torch-free on purpose: the query path (store, CLI, ONNX Runtime) reads ``model.json`` and
+resizes images exactly as training did without paying for ``import torch``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from facerank.errors import StoreError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+EMBEDDING_DIM = 2048
+CONFIG_FILE = "model.json"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network and feed it, saved as ``model.json``."""
+
+    people: tuple[str, ...]          # the head's classes, in logit order
+    image_size: int = 224            # images are resized to image_size x image_size
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # per-channel normalisation after /255
+    std: tuple[float, float, float] = IMAGENET_STD
+    normalize_embeddings: bool = True  # L2-normalise avg_pool vectors (see README, "Embeddings")
+    weights_origin: str = "none"     # what the backbone started from: imagenet:..., file:..., none
+    arch: str = "resnet50"
+    embedding_dim: int = EMBEDDING_DIM
+    weights_file: str = ""           # file name of the weights inside the store
+    fingerprint: str = ""            # sha256 of that file; indexes record it to refuse mixing
+    onnx_file: str = ""              # the same network exported for ONNX Runtime ("" = none)
+    onnx_fingerprint: str = ""       # sha256 of the ONNX file, checked before it is used
+    facerank_version: str = ""       # the version that saved it
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @property
+    def identity(self) -> str:
+        """What an index's vectors depend on: the weights *and* how images are fed to them.
+
+        Two configs with the same identity embed every image identically; an index records the
+        identity of the model that filled it.
+        """
+        parts = [self.fingerprint, self.arch, self.image_size, list(self.mean), list(self.std),
+                 self.normalize_embeddings, self.embedding_dim]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ModelConfig":
+        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        for name in ("people", "mean", "std"):
+            known[name] = tuple(known[name])
+        return cls(**known)
+
+
+def resize_for_model(image: Image.Image, size: int) -> np.ndarray:
+    """The one resize every path uses (training, indexing, queries): H x W x 3 uint8."""
+    return np.asarray(image.resize((size, size), Image.BILINEAR, reducing_gap=3.0))
+
+
+def read_config(folder: str | Path) -> ModelConfig:
+    path = Path(folder) / CONFIG_FILE
+    try:
+        return ModelConfig.from_json(json.loads(path.read_text("utf-8")))
+    except FileNotFoundError:
+        raise StoreError(f"no model in {Path(folder)}: run `facerank train GALLERY --store "
+                         f"{Path(folder)}` first") from None
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise StoreError(f"{path}: damaged model config ({error})") from None

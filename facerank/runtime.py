@@ -1,0 +1,43 @@
+"""Which engine runs a store's network: ONNX Runtime where it can, torch otherwise.
+
+Both compute the same function (see ``facerank.onnx_model``), so the choice changes speed, not
+answers. ``"auto"`` picks ONNX Runtime when the model was exported with it, ``onnxruntime`` is
+installed and the device is the CPU: it starts without importing torch (a one-shot
+``facerank query`` is then a second, not several) and runs ResNet50 faster on the CPU.
+Set ``FACERANK_RUNTIME=torch`` (or pass ``runtime="torch"``) to force torch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from facerank import onnx_model
+from facerank.config import read_config
+
+RUNTIMES = ("auto", "onnxruntime", "torch")
+
+
+def load_model(folder: str | Path, *, device: str = "cpu", runtime: str | None = None):
+    """The store's model as a ``FaceModel`` (torch) or an ``OnnxFaceModel`` (ONNX Runtime).
+
+    >>> load_model("faces/").runtime
+    'onnxruntime'
+    """
+    runtime = runtime or os.environ.get("FACERANK_RUNTIME") or "auto"
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
+    config = read_config(folder)
+    if runtime == "onnxruntime" and device != "cpu":
+        raise ValueError(f"the onnxruntime runtime runs on the CPU only; got device {device!r}")
+    if runtime == "onnxruntime" and not onnx_model.available():
+        raise ImportError('runtime "onnxruntime" needs the fast extra: '
+                          'pip install "facerank[fast]"')
+    use_onnx = runtime == "onnxruntime" or (
+        runtime == "auto" and device == "cpu" and bool(config.onnx_file)
+        and onnx_model.available())
+    if use_onnx:
+        return onnx_model.OnnxFaceModel.load(folder, config=config)
+    from facerank.model import FaceModel
+
+    return FaceModel.load(folder, device=device)
