@@ -19,6 +19,7 @@ import json
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -384,39 +385,38 @@ class FaceStore:
 
     def _embed_files(self, pending: list[tuple[Path, str, Record | None]], report: ChangeReport,
                      show_progress: bool, commit_every: int, *, batch_size: int = 32) -> None:
+        chunks = [pending[start:start + batch_size] for start in range(0, len(pending), batch_size)]
         progress = Progress(show_progress and len(pending) > 0)
-        with progress:
+        # One thread reads, hashes and decodes the next chunk while this one is embedded: the
+        # network and the decoders release the GIL, so the two overlap (see
+        # benchmarks/results/query_latency.md for what it saves).
+        with progress, ThreadPoolExecutor(max_workers=1) as reader:
             task = progress.add("embedding", len(pending))
             since_commit = 0
-            for start in range(0, len(pending), batch_size):
-                chunk = pending[start:start + batch_size]
+            upcoming = reader.submit(_read_chunk, chunks[0]) if chunks else None
+            for number, chunk in enumerate(chunks):
+                outcomes = upcoming.result()
+                if number + 1 < len(chunks):
+                    upcoming = reader.submit(_read_chunk, chunks[number + 1])
                 images, records, replaced = [], [], []
-                for path, person, old in chunk:
-                    try:
-                        info = os.stat(path)
-                        digest = file_sha256(path)
-                        if old is not None and old.sha256 == digest and old.person == person:
-                            # Touched but not changed: remember the new stat, skip the hashing
-                            # next time.
-                            with self._mutex:
-                                self._records[old.id] = replace(old, size=info.st_size,
-                                                                mtime_ns=info.st_mtime_ns)
-                            report.unchanged += 1
-                            continue
-                        image = load_image(path)
-                    except ImageError as error:
-                        report.skipped.append((str(path), error.reason))
-                        continue
-                    except OSError as error:
-                        report.skipped.append((str(path), error.strerror or str(error)))
-                        continue
-                    record_id = int(self._state["next_id"])
-                    self._state["next_id"] = record_id + 1
-                    images.append(image)
-                    records.append(Record(id=record_id, path=str(_absolute(path)), person=person,
-                                          sha256=digest, size=info.st_size,
-                                          mtime_ns=info.st_mtime_ns))
-                    replaced.append(old)
+                for outcome in outcomes:
+                    if outcome.skipped is not None:
+                        report.skipped.append((str(outcome.path), outcome.skipped))
+                    elif outcome.image is None:
+                        # Touched but not changed: remember the new stat, skip the hashing
+                        # next time.
+                        with self._mutex:
+                            self._records[outcome.old.id] = replace(
+                                outcome.old, size=outcome.size, mtime_ns=outcome.mtime_ns)
+                        report.unchanged += 1
+                    else:
+                        record_id = int(self._state["next_id"])
+                        self._state["next_id"] = record_id + 1
+                        images.append(outcome.image)
+                        records.append(Record(id=record_id, path=str(_absolute(outcome.path)),
+                                              person=outcome.person, sha256=outcome.sha256,
+                                              size=outcome.size, mtime_ns=outcome.mtime_ns))
+                        replaced.append(outcome.old)
                 if images:
                     vectors = self.model.embed(images, batch_size=batch_size)
                     stale = {old.id for old in replaced if old is not None}
@@ -600,6 +600,39 @@ def _load_all(images) -> tuple[bool, list]:
     if not isinstance(images, (list, tuple)):
         raise TypeError(f"expected an image or a list of images, got {describe(images)}")
     return False, [load_image(image) for image in images]
+
+
+@dataclass
+class _Read:
+    """What reading one gallery file gave: an image to embed, an unchanged file, or a skip."""
+
+    path: Path
+    person: str
+    old: Record | None
+    image: object = None           # a PIL image to embed
+    sha256: str = ""
+    size: int = 0
+    mtime_ns: int = 0
+    skipped: str | None = None     # why the file was skipped
+
+
+def _read_chunk(chunk: list[tuple[Path, str, Record | None]]) -> list[_Read]:
+    """Stat, hash and decode files; no store state is touched (this runs on a reader thread)."""
+    outcomes = []
+    for path, person, old in chunk:
+        outcome = _Read(path, person, old)
+        try:
+            info = os.stat(path)
+            outcome.size, outcome.mtime_ns = info.st_size, info.st_mtime_ns
+            outcome.sha256 = file_sha256(path)
+            if not (old is not None and old.sha256 == outcome.sha256 and old.person == person):
+                outcome.image = load_image(path)
+        except ImageError as error:
+            outcome.skipped = error.reason
+        except OSError as error:
+            outcome.skipped = error.strerror or str(error)
+        outcomes.append(outcome)
+    return outcomes
 
 
 def _absolute(path: str | Path) -> Path:

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from facerank.errors import ImageError, StoreError, StoreLockedError, StoreMismatchError
+from facerank.model import FaceModel
 from facerank.store import FaceStore
 
 
@@ -101,8 +102,9 @@ def test_broken_file_is_skipped_and_reported_not_fatal(store_copy):
 
 def test_retrained_model_is_never_queried_with_old_vectors(store_copy):
     store, gallery = store_copy
-    store.model.network.fc.bias.data += 1.0  # any change of weights is a new model
-    store.model.save(store.folder)
+    retrained = FaceModel.load(store.folder)
+    retrained.network.fc.bias.data += 1.0  # any change of weights is a new model
+    retrained.save(store.folder)
     stale = FaceStore.open(store.folder)
     assert stale.is_stale
     with pytest.raises(StoreMismatchError, match="another model"):
@@ -112,14 +114,16 @@ def test_retrained_model_is_never_queried_with_old_vectors(store_copy):
     assert stale.closest(gallery / "s1" / "1.pgm", k=1)[0].distance < 1e-3
 
 
-def test_tampered_weights_are_refused(store_copy):
+@pytest.mark.parametrize("runtime, weights_field", [("torch", "weights_file"),
+                                                     ("onnxruntime", "onnx_file")])
+def test_tampered_weights_are_refused(store_copy, runtime, weights_field):
     store, _ = store_copy
-    weights = store.folder / store.model.config.weights_file
+    weights = store.folder / getattr(store.model.config, weights_field)
     data = bytearray(weights.read_bytes())
     data[-10] ^= 0xFF
     weights.write_bytes(bytes(data))
     with pytest.raises(StoreMismatchError, match="fingerprint"):
-        FaceStore.open(store.folder)
+        FaceStore.open(store.folder, runtime=runtime)
 
 
 def test_missing_store_and_empty_index_say_what_to_run(tmp_path, trained):
