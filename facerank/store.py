@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +32,7 @@ from facerank import __version__, atomic
 from facerank.errors import ImageError, StoreError, StoreLockedError, StoreMismatchError
 from facerank.gallery import scan_gallery
 from facerank.images import ImageInput, describe, is_image_input, load_image
-from facerank.index import DEFAULT_FACTORY, FaceIndex
+from facerank.index import DEFAULT_FACTORY, FaceIndex, choose_index
 from facerank.config import CONFIG_FILE, read_config
 from facerank.progress import Progress
 from facerank.runtime import load_model
@@ -326,6 +327,7 @@ class FaceStore:
         with self._writing():
             report = ChangeReport()
             self._reembed_if_stale(report, show_progress, commit_every)
+            self._fit_index(len(self._records) + len(paths), report, show_progress, commit_every)
             self._ingest(list(zip(paths, people)), report, show_progress, commit_every)
             self._commit()
             return report
@@ -362,6 +364,8 @@ class FaceStore:
             self._drop(set(gone))
             report.removed += len(gone)
             todo = [(image.path, image.person) for key, image in present.items()]
+            outside = sum(1 for key in by_path if not key.startswith(root + os.sep))
+            self._fit_index(len(present) + outside, report, show_progress, commit_every)
             self._ingest(todo, report, show_progress, commit_every)
             self._commit()
             return report
@@ -381,6 +385,10 @@ class FaceStore:
                     report.unchanged += 1
                     continue
             pending.append((path, person, old))
+        if not self._index.is_built:
+            # An approximate index trains on the first vectors it is given; galleries come
+            # person by person, so a seeded shuffle makes that sample cover everyone.
+            random.Random(len(pending)).shuffle(pending)
         self._embed_files(pending, report, show_progress, commit_every)
 
     def _embed_files(self, pending: list[tuple[Path, str, Record | None]], report: ChangeReport,
@@ -438,15 +446,47 @@ class FaceStore:
         """After a retrain, re-embed every indexed file with the new model."""
         if not self.is_stale:
             return
-        old = self.records
-        with self._mutex:
-            self._index = FaceIndex(self.model.config.embedding_dim,
-                                    factory=self._state.get("index_factory", DEFAULT_FACTORY))
-            self._records = {}
+        self._rebuild(choose_index(len(self._records), self.model.config.embedding_dim),
+                      report, show_progress, commit_every)
         self._state["model_identity"] = self.model.config.identity
+
+    def _fit_index(self, expected: int, report: ChangeReport, show_progress: bool,
+                   commit_every: int) -> None:
+        """Give the index the kind ``choose_index`` picks for ``expected`` images.
+
+        An empty store simply starts with it. A filled one changes kind only once it has
+        doubled or halved since its index was chosen, so that a gallery hovering near a
+        threshold does not rebuild at every sync.
+        """
+        plan = choose_index(expected, self.model.config.embedding_dim)
+        if plan.factory == self._state.get("index_factory", DEFAULT_FACTORY):
+            return
+        chosen_for = int(self._state.get("index_chosen_for", len(self._records)) or 1)
+        if self._records and chosen_for / 2 < expected < chosen_for * 2:
+            return
+        self._rebuild(plan, report, show_progress, commit_every)
+        self._state["index_chosen_for"] = expected
+
+    def _rebuild(self, plan, report: ChangeReport, show_progress: bool, commit_every: int) -> None:
+        """A new index of ``plan``'s kind holding every record: vectors copied from an exact
+        index, re-embedded otherwise (approximate codes cannot give the vectors back)."""
+        old_index, old = self._index, self.records
+        new_index = FaceIndex(self.model.config.embedding_dim, plan=plan)
+        self._state["index_factory"] = plan.factory
+        if old and old_index.is_exact and not self.is_stale:
+            ids = np.array([r.id for r in old], dtype=np.int64)
+            np.random.default_rng(0).shuffle(ids)  # a training sample that covers everyone
+            vectors = np.stack([old_index.reconstruct(int(i)) for i in ids])
+            new_index.add(ids, vectors)
+            with self._mutex:
+                self._index = new_index
+            return
+        with self._mutex:
+            self._index, self._records = new_index, {}
+        pending = [(Path(r.path), r.person, None) for r in old]
+        random.Random(0).shuffle(pending)  # a training sample that covers everyone
         before = report.added
-        self._embed_files([(Path(r.path), r.person, None) for r in old], report, show_progress,
-                          commit_every)
+        self._embed_files(pending, report, show_progress, commit_every)
         report.reembedded += report.added - before
         report.added = before
 

@@ -149,3 +149,19 @@ def test_old_generations_are_cleaned_up(store_copy):
         store.remove(person=person)
     files = sorted(p.name for p in store.folder.glob("index-*.faiss"))
     assert len(files) == 2  # the current generation and the one before it
+
+
+def test_the_index_kind_follows_the_gallery_size(store_copy, monkeypatch):
+    store, gallery = store_copy
+    assert store.info()["index_factory"] == "Flat"  # 50 faces: exact search
+    # Pretend exact search stops paying off at 20 faces: the 50-face gallery outgrows it.
+    monkeypatch.setattr("facerank.index.EXACT_MAX_FLOATS", 20 * 2048)
+    store._state["index_chosen_for"] = 20
+    report = store.sync_folder(gallery)
+    assert report.added == 0 and report.reembedded == 0  # vectors were moved, not re-embedded
+    assert store.info()["index_factory"].startswith("IVF")
+    reopened = FaceStore.open(store.folder)
+    assert reopened.info()["index_factory"] == store.info()["index_factory"]
+    for photo in sorted(gallery.glob("*/*.pgm"))[::9]:
+        nearest = reopened.closest(photo, k=1)[0]
+        assert nearest.person == photo.parent.name and nearest.distance < 1e-3
