@@ -1,6 +1,6 @@
 """Indexing throughput, warm query latency and one-shot CLI latency, by runtime and input size.
 
-    python benchmarks/query_latency.py            # full: a 10,000-image LFW gallery, ~10 min
+    python benchmarks/query_latency.py            # full: 10,000 LFW images at 64 px, 2,000 at 224
     python benchmarks/query_latency.py --quick    # 500 images, ~2 min
 
 For each input size (64 px, the `scratch` preset's default, and 224 px, the method's), a store
@@ -73,7 +73,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lfw", type=Path, default=DEFAULT_LFW)
     parser.add_argument("--images", type=int, default=10_000)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 224])
+    parser.add_argument("--sizes", nargs="+", default=["64", "224:2000"],
+                        help="input sizes, each optionally SIZE:IMAGES to index fewer images "
+                             "(224 px indexes at ~25 img/s here: 10,000 would take 7 minutes)")
     parser.add_argument("--quick", action="store_true", help="500 images, fewer repeats")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "query_latency")
     args = parser.parse_args()
@@ -86,6 +88,7 @@ def main() -> None:
     from facerank.store import FaceStore
 
     python = sys.executable
+    load_at_start = os.getloadavg()[0]
     baseline = {
         "python -c pass": float(np.median(shell([python, "-c", "pass"], shell_repeats))),
         "python -c 'import torch'": float(np.median(
@@ -97,15 +100,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         gallery, people = make_gallery(args.lfw, Path(scratch) / "gallery", args.images)
         photo = str(next(gallery.glob("*/*.jpg")).resolve())
-        for size in args.sizes:
+        for spec in args.sizes:
+            size, _, count = spec.partition(":")
+            size, count = int(size), min(int(count or args.images), args.images)
+            subset, subset_people = (gallery, people) if count == args.images else make_gallery(
+                args.lfw, Path(scratch) / f"gallery-{count}", count)
             folder = Path(scratch) / f"store-{size}"
-            FaceModel.create(people, weights="none", image_size=size).save(folder)
+            FaceModel.create(subset_people, weights="none", image_size=size).save(folder)
             store = FaceStore.open(folder)
             started = time.perf_counter()
-            report = store.sync_folder(gallery)
+            report = store.sync_folder(subset)
             build = time.perf_counter() - started
             indexed = len(store)
-            row = {"image_size": size, "images": indexed, "people": len(people),
+            row = {"image_size": size, "images": indexed, "people": len(subset_people),
+                   "index": store.info()["index_factory"],
                    "skipped": len(report.skipped), "index_build_s": round(build, 2),
                    "index_images_per_s": round(indexed / build, 1)}
             for runtime in ("onnxruntime", "torch"):
@@ -124,6 +132,7 @@ def main() -> None:
 
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                           f"{platform.python_version()}",
+               "load_average_start_end": [round(load_at_start, 2), round(os.getloadavg()[0], 2)],
                "quick": args.quick, "baseline_s": {k: round(v, 3) for k, v in baseline.items()},
                "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -138,17 +147,20 @@ def write_markdown(results: dict, path: Path) -> None:
              "LFW photos (250x250 JPEG). Warm query = `store.query` (closest k=5 + classify "
              "top-5) for one photo, median of 30 (p95 beside); one-shot = `facerank query "
              "photo.jpg --json` as a new process, median of 5.", "",
-             "| size | gallery | index build | warm query ORT (p95) | warm query torch (p95) "
+             "| size | gallery (index) | index build | warm query ORT (p95) | warm query torch (p95) "
              "| one-shot ORT | one-shot torch |", "|---|---|---|---|---|---|---|"]
     for row in results["rows"]:
         lines.append(
             f"| {row['image_size']} px | {row['images']:,} images, {row['people']:,} people "
+            f"(`{row['index']}`) "
             f"| {row['index_build_s']:.0f} s ({row['index_images_per_s']:.0f} img/s) "
             f"| {row['warm_query_ms_onnxruntime']} ms ({row['warm_query_p95_ms_onnxruntime']}) "
             f"| {row['warm_query_ms_torch']} ms ({row['warm_query_p95_ms_torch']}) "
             f"| {row['one_shot_s_onnxruntime']:.2f} s | {row['one_shot_s_torch']:.2f} s |")
     base = results["baseline_s"]
-    lines += ["", "Same run, for scale: " + "; ".join(f"`{k}` {v:.2f} s" for k, v in base.items())
+    start, end = results["load_average_start_end"]
+    lines += ["", f"Load average (1 min) at start and end: {start}, {end} (2 cores: above ~0.5 "
+              "means other work shared the CPU).", "", "Same run, for scale: " + "; ".join(f"`{k}` {v:.2f} s" for k, v in base.items())
               + ".", ""]
     if results["quick"]:
         lines.append("*Quick run (`--quick`): small gallery, few repeats; not the published "
