@@ -109,6 +109,11 @@ def train(
     shear: float = typer.Option(0.0, help="Random shear augmentation, degrees."),
     zoom: float = typer.Option(0.0, help="Random zoom augmentation, +- fraction."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its checkpoint."),
+    cached_features: bool = typer.Option(
+        False, "--cached-features", help="freeze preset only: run the frozen layers once per "
+        "image and view, then train the last stage on their stored outputs (faster epochs)."),
+    feature_views: Optional[int] = typer.Option(
+        None, help="With --cached-features: augmented views cached per image (default 2)."),
     as_json: bool = JsonOption,
 ):
     """Fine-tune ResNet50 on GALLERY and save the model into the store.
@@ -121,9 +126,10 @@ def train(
 
     name = ("scratch" if weights == "none" else "sgd") if preset == "auto" else preset
     overrides = {k: v for k, v in dict(epochs=epochs, image_size=image_size, lr=lr,
-                                       batch_size=batch_size).items() if v is not None}
+                                       batch_size=batch_size, feature_views=feature_views
+                                       ).items() if v is not None}
     config = make_preset(name, test_fraction=test_fraction, seed=seed, shear=shear, zoom=zoom,
-                         **overrides)
+                         cached_features=cached_features, **overrides)
     folder = _store_path(store)
     result = run_training(gallery, folder, config, weights=weights, resume=resume,
                           show_progress=not as_json)

@@ -72,6 +72,7 @@ def test_train_command(tmp_path, gallery):
     (["index", "info", "--store", "{tmp}/none"], "facerank train"),
     (["train", "{tmp}/no-gallery", "--store", "{tmp}/s", "--weights", "none"], "does not exist"),
     (["train", "{tmp}", "--preset", "fast", "--weights", "none"], "sgd, freeze, scratch"),
+    (["train", "{tmp}", "--cached-features", "--weights", "none"], "trainable='last_stage'"),
 ])
 def test_errors_are_one_clear_line_and_nonzero(tmp_path, args, message):
     result = invoke(*[a.replace("{tmp}", str(tmp_path)) for a in args])

@@ -11,7 +11,7 @@ import torch
 
 import facerank.train as training
 from facerank.errors import StoreMismatchError, WeightsUnavailableError
-from facerank.model import FaceModel, read_config
+from facerank.model import FaceModel, build_network, features_and_logits, read_config
 from facerank.train import preset, train
 
 from conftest import copy_gallery
@@ -79,8 +79,9 @@ def test_same_seed_same_model_and_resume_after_interruption(tmp_path, micro_gall
                      weights="none", resume=True)
 
 
-def test_freeze_preset_trains_only_the_last_stage(tmp_path, micro_gallery):
-    config = preset("freeze", **MICRO)
+@pytest.mark.parametrize("cached", [False, True])
+def test_freeze_preset_trains_only_the_last_stage(tmp_path, micro_gallery, cached):
+    config = preset("freeze", **MICRO, cached_features=cached)
     _quiet_train(micro_gallery, tmp_path / "f", config, weights="none")
     # Weights are random in both, but a frozen stem keeps its initial values: rebuild with the
     # same seed and compare.
@@ -92,6 +93,72 @@ def test_freeze_preset_trains_only_the_last_stage(tmp_path, micro_gallery):
     assert torch.equal(fresh.network.conv1.weight, trained_model.network.conv1.weight)
     assert not torch.equal(fresh.network.layer4[0].conv1.weight,
                            trained_model.network.layer4[0].conv1.weight)
+
+
+def test_cached_features_train_and_score_like_the_saved_model(gallery, tmp_path):
+    config = preset("freeze", image_size=48, batch_size=8, cached_features=True, feature_views=2)
+    result = _quiet_train(gallery, tmp_path / "cached", config, weights="none")
+    # 5 people: chance is 20%. Frozen random features still separate ORL faces well.
+    assert result.test_accuracy >= 0.6, result.history
+    assert result.cache_seconds > 0
+    # Epochs are scored on cached layer3 outputs, the saved model from pixels end to end: the
+    # same network in eval mode, so the same accuracy.
+    best = result.history[result.best_epoch - 1]
+    assert best["val_accuracy"] == pytest.approx(result.test_accuracy)
+
+
+def test_cached_features_resume_to_the_same_model(tmp_path, micro_gallery, monkeypatch):
+    config = preset("freeze", **MICRO, cached_features=True, feature_views=2)
+    _quiet_train(micro_gallery, tmp_path / "a", config, weights="none")
+    real_evaluate, calls = training._evaluate, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _quiet_train(micro_gallery, tmp_path / "b", config, weights="none", checkpoint_every=0)
+    monkeypatch.setattr(training, "_evaluate", real_evaluate)
+    # The cache is rebuilt from the seed: the resumed run ends where the uninterrupted one did.
+    resumed = _quiet_train(micro_gallery, tmp_path / "b", config, weights="none", resume=True)
+    assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
+    assert read_config(tmp_path / "b").fingerprint == read_config(tmp_path / "a").fingerprint
+
+
+@pytest.mark.parametrize("name, overrides, message", [
+    ("sgd", dict(cached_features=True), "needs trainable='last_stage'"),
+    ("scratch", dict(cached_features=True), "needs trainable='last_stage'"),
+    ("freeze", dict(cached_features=True, trainable="all"), "needs trainable='last_stage'"),
+    ("freeze", dict(cached_features=True, feature_views=0), "feature_views must be >= 1"),
+])
+def test_cached_features_need_a_frozen_base(name, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        preset(name, **overrides)
+
+
+def test_frozen_stages_then_last_stage_is_the_whole_network():
+    torch.manual_seed(0)
+    network = build_network(3).to(memory_format=torch.channels_last).eval()
+    x = torch.randn(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        split = training._last_stage(network, training._frozen_stages(network, x))
+        whole = features_and_logits(network, x)[1]
+    assert torch.allclose(split, whole, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [32, 48, 112])
+def test_whole_pixel_shift_matches_affine(size):
+    from torchvision.transforms.v2 import functional as F
+
+    generator = torch.Generator().manual_seed(size)
+    images = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator)
+    for dx, dy in [(0, 0), (3, -2), (-5, 7), (size - 1, 0), (0, -(size - 1)), (size, 1)]:
+        expected = F.affine(images, angle=0.0, translate=[dx, dy], scale=1.0, shear=[0.0, 0.0],
+                            interpolation=F.InterpolationMode.BILINEAR)
+        assert torch.equal(training._shift(images, dx, dy), expected), (dx, dy)
 
 
 def test_unreachable_imagenet_weights_say_what_to_do(tmp_path, monkeypatch):
