@@ -67,6 +67,15 @@ def resize_for_model(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(image.resize((size, size), Image.BILINEAR, reducing_gap=3.0))
 
 
+def join_answers(config: ModelConfig, vectors: list[np.ndarray], probabilities: list[np.ndarray]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-batch (embeddings, probabilities) joined; the right empty shapes for no images."""
+    if not vectors:
+        return (np.zeros((0, config.embedding_dim), np.float32),
+                np.zeros((0, len(config.people)), np.float32))
+    return np.concatenate(vectors), np.concatenate(probabilities)
+
+
 def read_config(folder: str | Path) -> ModelConfig:
     path = Path(folder) / CONFIG_FILE
     try:

@@ -21,7 +21,7 @@ from torch import nn
 
 from facerank import atomic
 from facerank.config import (CONFIG_FILE, EMBEDDING_DIM, IMAGENET_MEAN, IMAGENET_STD,  # noqa: F401
-                             ModelConfig, read_config, resize_for_model)
+                             ModelConfig, join_answers, read_config, resize_for_model)
 from facerank.errors import StoreError, StoreMismatchError, WeightsUnavailableError
 
 
@@ -181,10 +181,7 @@ class FaceModel:
                 features, logits = features_and_logits(self.network, self.normalise(pixels))
                 vectors.append(self._finish(features))
                 probabilities.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-        if not vectors:
-            return (np.zeros((0, self.config.embedding_dim), np.float32),
-                    np.zeros((0, len(self.config.people)), np.float32))
-        return np.concatenate(vectors), np.concatenate(probabilities)
+        return join_answers(self.config, vectors, probabilities)
 
     def embed(self, images: Sequence[Image.Image], *, batch_size: int = 32) -> np.ndarray:
         return self.embed_and_classify(images, batch_size=batch_size)[0]

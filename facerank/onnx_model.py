@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from facerank import atomic
-from facerank.config import ModelConfig, read_config, resize_for_model
+from facerank.config import ModelConfig, join_answers, read_config, resize_for_model
 from facerank.errors import StoreError, StoreMismatchError
 
 OPSET = 17
@@ -134,10 +134,7 @@ class OnnxFaceModel:
             embedding, probability = self._session.run(list(OUTPUTS), {INPUT: pixels})
             vectors.append(embedding.astype(np.float32, copy=False))
             probabilities.append(probability.astype(np.float32, copy=False))
-        if not vectors:
-            return (np.zeros((0, self.config.embedding_dim), np.float32),
-                    np.zeros((0, len(self.config.people)), np.float32))
-        return np.concatenate(vectors), np.concatenate(probabilities)
+        return join_answers(self.config, vectors, probabilities)
 
     def embed(self, images: Sequence[Image.Image], *, batch_size: int = 32) -> np.ndarray:
         return self.embed_and_classify(images, batch_size=batch_size)[0]
