@@ -67,20 +67,22 @@ def export(network, config: ModelConfig, path: str | Path) -> str:
         # The TorchScript-based exporter: ~3x faster than the torch.export-based one, needs no
         # onnxscript, and gives a plain static graph that ONNX Runtime fuses well. Torch
         # deprecates it; where it is gone, the torch.export-based exporter (which needs
-        # onnxscript) takes over. Only the batch dimension is dynamic either way.
+        # onnxscript) takes over. Batch and image size are dynamic, as they are in torch.
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             try:
                 torch.onnx.export(
                     module, (example,), str(temporary), input_names=[INPUT],
                     output_names=list(OUTPUTS), opset_version=OPSET, dynamo=False,
-                    dynamic_axes={name: {0: "batch"} for name in (INPUT, *OUTPUTS)})
+                    dynamic_axes={INPUT: {0: "batch", 2: "height", 3: "width"},
+                                  **{name: {0: "batch"} for name in OUTPUTS}})
             except (TypeError, NotImplementedError, AttributeError):
                 batch = torch.export.Dim("batch", min=1, max=65536)
+                side = torch.export.Dim("side", min=32, max=4096)
                 torch.onnx.export(
                     module, (example,), str(temporary), input_names=[INPUT],
                     output_names=list(OUTPUTS), dynamo=True, external_data=False,
-                    dynamic_shapes={"pixels": {0: batch}}, verbose=False)
+                    dynamic_shapes={"pixels": {0: batch, 2: side, 3: side}}, verbose=False)
 
     atomic.write_with(path, write)
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
