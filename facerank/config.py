@@ -28,11 +28,14 @@ class ModelConfig:
 
     people: tuple[str, ...]          # the head's classes, in logit order
     image_size: int = 224            # images are resized to image_size x image_size
+    crop: float = 1.0                # first, a centred square of this share of the shorter side
     mean: tuple[float, float, float] = IMAGENET_MEAN  # per-channel normalisation after /255
     std: tuple[float, float, float] = IMAGENET_STD
     normalize_embeddings: bool = True  # L2-normalise avg_pool vectors (see README, "Embeddings")
     weights_origin: str = "none"     # what the backbone started from: imagenet:..., file:..., none
     arch: str = "resnet50"
+    head: str = "linear"             # "linear" (softmax) or "cosine" (see model.CosineHead)
+    head_scale: float = 0.0          # the cosine head's logit scale
     embedding_dim: int = EMBEDDING_DIM
     weights_file: str = ""           # file name of the weights inside the store
     fingerprint: str = ""            # sha256 of that file; indexes record it to refuse mixing
@@ -52,6 +55,8 @@ class ModelConfig:
         """
         parts = [self.fingerprint, self.arch, self.image_size, list(self.mean), list(self.std),
                  self.normalize_embeddings, self.embedding_dim]
+        if self.crop != 1.0:  # appended only when set, so older stores keep their identity
+            parts.append(self.crop)
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     @classmethod
@@ -62,9 +67,19 @@ class ModelConfig:
         return cls(**known)
 
 
-def resize_for_model(image: Image.Image, size: int) -> np.ndarray:
-    """The one resize every path uses (training, indexing, queries): H x W x 3 uint8."""
-    return np.asarray(image.resize((size, size), Image.BILINEAR, reducing_gap=3.0))
+def resize_for_model(image: Image.Image, size: int, crop: float = 1.0) -> np.ndarray:
+    """The one resize every path uses (training, indexing, queries): H x W x 3 uint8.
+
+    With ``crop`` < 1 a centred square of that share of the shorter side is kept first: aligned
+    face crops such as LFW's frame the face with as much background again around it.
+    """
+    box = None
+    if crop < 1.0:
+        width, height = image.size
+        side = crop * min(width, height)
+        left, top = (width - side) / 2, (height - side) / 2
+        box = (left, top, left + side, top + side)
+    return np.asarray(image.resize((size, size), Image.BILINEAR, box=box, reducing_gap=3.0))
 
 
 def join_answers(config: ModelConfig, vectors: list[np.ndarray], probabilities: list[np.ndarray]

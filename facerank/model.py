@@ -38,8 +38,35 @@ def _torchvision_models():
     return torchvision.models
 
 
-def build_network(num_classes: int, backbone_state: dict | None = None) -> nn.Module:
-    """A torchvision ResNet50 whose ``fc`` is a new ``num_classes`` head."""
+class CosineHead(nn.Module):
+    """Logits = ``scale`` x the cosine between the face print and each person's weight vector.
+
+    Trained with a margin (CosFace or ArcFace, see ``train.margin_logits``), it pulls each
+    person's face prints into a tight cone around their weight vector, so that the L2-normalised
+    ``avg_pool`` vectors the index holds separate people by angle, people never trained on too.
+    Softmax over its logits still gives the probabilities ``classify`` reports.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, scale: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features))
+        nn.init.normal_(self.weight, std=0.01)
+        self.scale = float(scale)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        cosines = nn.functional.linear(nn.functional.normalize(features, dim=1),
+                                       nn.functional.normalize(self.weight, dim=1))
+        return self.scale * cosines
+
+
+HEADS = ("linear", "cosine")
+
+
+def build_network(num_classes: int, backbone_state: dict | None = None, *, head: str = "linear",
+                  head_scale: float = 30.0) -> nn.Module:
+    """A torchvision ResNet50 whose ``fc`` is a new ``num_classes`` head (see ``HEADS``)."""
+    if head not in HEADS:
+        raise StoreMismatchError(f"unknown head {head!r}: this facerank knows {', '.join(HEADS)}")
     network = _torchvision_models().resnet50(weights=None)
     if backbone_state is not None:
         backbone_state = {k: v for k, v in backbone_state.items() if not k.startswith("fc.")}
@@ -50,7 +77,10 @@ def build_network(num_classes: int, backbone_state: dict | None = None) -> nn.Mo
                 "the weights are not a ResNet50 state dict: "
                 f"{len(missing)} missing and {len(unexpected)} unexpected keys "
                 f"(for example {(missing + unexpected)[:3]})")
-    network.fc = nn.Linear(network.fc.in_features, num_classes)
+    if head == "cosine":
+        network.fc = CosineHead(network.fc.in_features, num_classes, head_scale)
+    else:
+        network.fc = nn.Linear(network.fc.in_features, num_classes)
     return network
 
 
@@ -146,19 +176,24 @@ class FaceModel:
 
     @classmethod
     def from_backbone(cls, people: Sequence[str], backbone_state: dict | None, origin: str, *,
-                      image_size: int = 224, normalize_embeddings: bool = True) -> "FaceModel":
+                      image_size: int = 224, normalize_embeddings: bool = True,
+                      crop: float = 1.0, head: str = "linear", head_scale: float = 30.0
+                      ) -> "FaceModel":
         """A model over already-loaded backbone weights (see ``load_backbone_weights``)."""
         if not people:
             raise ValueError("a model needs at least one person")
-        config = ModelConfig(people=tuple(people), image_size=image_size,
-                             normalize_embeddings=normalize_embeddings, weights_origin=origin)
-        return cls(build_network(len(people), backbone_state), config)
+        config = ModelConfig(people=tuple(people), image_size=image_size, crop=crop,
+                             normalize_embeddings=normalize_embeddings, weights_origin=origin,
+                             head=head, head_scale=head_scale if head == "cosine" else 0.0)
+        return cls(build_network(len(people), backbone_state, head=head, head_scale=head_scale),
+                   config)
 
     # -- preprocessing: shared by training, indexing and queries -------------------------------
 
     def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Resize RGB images to the model's size: a uint8 tensor N x 3 x S x S."""
-        arrays = [resize_for_model(image, self.config.image_size) for image in images]
+        arrays = [resize_for_model(image, self.config.image_size, self.config.crop)
+                  for image in images]
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -245,6 +280,7 @@ class FaceModel:
         if hashlib.sha256(data).hexdigest() != config.fingerprint:
             raise StoreMismatchError(f"{weights_path} does not match the fingerprint in "
                                      f"{folder / CONFIG_FILE}; the store is damaged, train again")
-        network = build_network(len(config.people))
+        network = build_network(len(config.people), head=config.head,
+                                head_scale=config.head_scale)
         network.load_state_dict(load_safetensors(data))
         return cls(network, config, device=device)

@@ -130,7 +130,7 @@ class OnnxFaceModel:
         size = self.config.image_size
         vectors, probabilities = [], []
         for start in range(0, len(images), batch_size):
-            batch = np.stack([resize_for_model(image, size)
+            batch = np.stack([resize_for_model(image, size, self.config.crop)
                               for image in images[start:start + batch_size]])
             pixels = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
             embedding, probability = self._session.run(list(OUTPUTS), {INPUT: pixels})

@@ -46,6 +46,7 @@ TRAIN_FOLDER = "train"          # inside the store: history, curves, split, chec
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "onecycle")
 TRAINABLE = ("all", "last_stage")
+LOSSES = ("softmax", "cosface", "arcface")  # the last two train a cosine head with a margin
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,13 @@ class TrainConfig:
     schedule: str = "constant"      # one of SCHEDULES
     trainable: str = "all"          # "last_stage": layer4 + head train, the rest is frozen
     image_size: int = 224           # stored with the model; queries are resized the same way
+    crop: float = 1.0               # centred share of each image kept before resizing (stored too)
+    loss: str = "softmax"           # one of LOSSES
+    margin: float = 0.0             # cosface: subtracted from the true person's cosine;
+                                    # arcface: added to the angle (radians)
+    scale: float = 30.0             # cosface/arcface: the cosine head's logit scale
     label_smoothing: float = 0.0
+    balanced: bool = False          # draw each epoch's images evenly over people, not over images
     flip: bool = True               # random horizontal flip
     shift: float = 0.1              # random shift, as a fraction of the image side
     shear: float = 0.0              # random shear, degrees (0 = off)
@@ -82,7 +89,8 @@ class TrainConfig:
     def __post_init__(self):
         for name, value, choices in (("optimizer", self.optimizer, OPTIMIZERS),
                                      ("schedule", self.schedule, SCHEDULES),
-                                     ("trainable", self.trainable, TRAINABLE)):
+                                     ("trainable", self.trainable, TRAINABLE),
+                                     ("loss", self.loss, LOSSES)):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.image_size < 32:
@@ -91,6 +99,8 @@ class TrainConfig:
             raise ValueError("cached_features needs trainable='last_stage' (the freeze preset): "
                              "with every layer training, the features change at every step and "
                              "cannot be cached")
+        if not 0.1 <= self.crop <= 1.0:
+            raise ValueError(f"crop must be between 0.1 and 1 (a share of the image); got {self.crop}")
         if self.feature_views < 1:
             raise ValueError(f"feature_views must be >= 1; got {self.feature_views}")
 
@@ -144,7 +154,8 @@ class TrainResult:
         return asdict(self)
 
 
-def decode_images(images: list[GalleryImage], size: int, on_step: Callable[[], None] | None = None
+def decode_images(images: list[GalleryImage], size: int, on_step: Callable[[], None] | None = None,
+                  *, crop: float = 1.0
                   ) -> tuple[list[GalleryImage], torch.Tensor, list[tuple[str, str]]]:
     """Decode and resize gallery images once; unreadable files are skipped and reported."""
     kept, arrays, skipped = [], [], []
@@ -155,7 +166,7 @@ def decode_images(images: list[GalleryImage], size: int, on_step: Callable[[], N
             skipped.append((str(item.path), error.reason))
         else:
             kept.append(item)
-            arrays.append(resize_for_model(image, size))
+            arrays.append(resize_for_model(image, size, crop))
         if on_step:
             on_step()
     if not arrays:
@@ -197,6 +208,36 @@ def _shift(image: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
         out[..., max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = \
             image[..., max(-dy, 0):height - max(dy, 0), max(-dx, 0):width - max(dx, 0)]
     return out
+
+
+def margin_logits(logits: torch.Tensor, labels: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """The cosine head's logits with the training margin applied to each true person.
+
+    CosFace subtracts ``margin`` from the true person's cosine, ArcFace adds it to the angle:
+    either way a face print must beat every other person by a margin, not just win, which
+    leaves room for people never trained on. Softmax logits pass through unchanged.
+    """
+    if config.loss == "softmax" or config.margin == 0.0:
+        return logits
+    true = logits.gather(1, labels[:, None]) / config.scale
+    if config.loss == "cosface":
+        with_margin = true - config.margin
+    else:
+        angle = torch.acos(true.clamp(-1 + 1e-6, 1 - 1e-6))
+        # Past pi - margin, cos(angle + margin) would rise again; fall back to CosFace there.
+        with_margin = torch.where(angle + config.margin < math.pi, torch.cos(angle + config.margin),
+                                  true - config.margin * math.sin(config.margin))
+    return logits.scatter(1, labels[:, None], with_margin * config.scale)
+
+
+def _epoch_order(labels: torch.Tensor, balanced: bool, generator: torch.Generator) -> torch.Tensor:
+    """One epoch's image order: a permutation, or with ``balanced`` as many draws (with
+    replacement) in which every person is equally likely, however many images each has."""
+    if not balanced:
+        return torch.randperm(len(labels), generator=generator)
+    counts = torch.bincount(labels).float()
+    weights = 1.0 / counts[labels]
+    return torch.multinomial(weights, len(labels), replacement=True, generator=generator)
 
 
 def _set_trainable(network: nn.Module, trainable: str) -> list[nn.Parameter]:
@@ -377,10 +418,10 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
     progress = Progress(show_progress)
     with progress:
         task = progress.add("decoding", len(split.train) + len(split.test))
-        train_items, train_pixels, skipped = decode_images(list(split.train), config.image_size,
-                                                           lambda: progress.advance(task))
-        test_items, test_pixels, skipped_test = decode_images(list(split.test), config.image_size,
-                                                              lambda: progress.advance(task))
+        train_items, train_pixels, skipped = decode_images(
+            list(split.train), config.image_size, lambda: progress.advance(task), crop=config.crop)
+        test_items, test_pixels, skipped_test = decode_images(
+            list(split.test), config.image_size, lambda: progress.advance(task), crop=config.crop)
     skipped += skipped_test
     people = sorted({item.person for item in train_items})
     if len(people) < 2:
@@ -395,8 +436,10 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
     test_labels = torch.tensor([label_of[i.person] for i in test_items], dtype=torch.long)
 
     model = FaceModel.from_backbone(people, backbone_state, weights_origin,
-                                    image_size=config.image_size,
-                                    normalize_embeddings=normalize_embeddings)
+                                    image_size=config.image_size, crop=config.crop,
+                                    normalize_embeddings=normalize_embeddings,
+                                    head="linear" if config.loss == "softmax" else "cosine",
+                                    head_scale=config.scale)
     network = model.network.to(memory_format=torch.channels_last)
     parameters = _set_trainable(network, config.trainable)
     optimizer = _make_optimizer(parameters, config)
@@ -427,7 +470,7 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
 
     shuffle = torch.Generator().manual_seed(config.seed)
     for _ in range(first_epoch - 1):  # replay the shuffles of finished epochs
-        torch.randperm(len(train_items), generator=shuffle)
+        _epoch_order(train_labels, config.balanced, shuffle)
 
     with _malloc_keeps_freed_memory(), progress:
         cache_seconds, train_views, test_inputs = None, None, test_pixels
@@ -449,7 +492,7 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
         for epoch in range(first_epoch, config.epochs + 1):
             epoch_started = time.perf_counter()
             _train_mode(network, config.trainable)
-            order = torch.randperm(len(train_items), generator=shuffle)
+            order = _epoch_order(train_labels, config.balanced, shuffle)
             seen, loss_sum, correct = 0, 0.0, 0
             for start in range(0, len(order), config.batch_size):
                 batch = order[start:start + config.batch_size]
@@ -465,7 +508,7 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
                     else:
                         x = model.normalise(augment(train_pixels[batch], config))
                         _, logits = features_and_logits(network, x)
-                loss = loss_fn(logits.float(), y)
+                loss = loss_fn(margin_logits(logits.float(), y, config), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
