@@ -342,9 +342,7 @@ PEER_TOLERANCE = 0.6
 def cell_lfw_peer_verification(work: Path) -> dict:
     """The peer on the test pairs at its own documented threshold (encoding the 2,200 training
     pairs as well would cost ~20 more CPU-minutes at ~4 photos/s for a threshold it documents)."""
-    from facerank.verification import (VerificationScore, distances, plot_distance_histogram,
-                                       tar_at_far)
-    from sklearn.metrics import roc_auc_score
+    from facerank.verification import distances, plot_distance_histogram, score_at
 
     started = time.perf_counter()
     _, test_pairs = lfw_pairs()
@@ -355,12 +353,8 @@ def cell_lfw_peer_verification(work: Path) -> dict:
         detected.append(found / len(paths))
         return vectors
     d = distances(embed, test_pairs)
-    same = test_pairs.same
-    score = VerificationScore(
-        accuracy=float(np.mean((d <= PEER_TOLERANCE) == same)), threshold=PEER_TOLERANCE,
-        threshold_accuracy=float("nan"), auc=float(roc_auc_score(same, -d)),
-        tar_at_far=tar_at_far(d, same, 0.01), far=0.01, pairs=len(same))
-    plot_distance_histogram(d, same, PLOTS / "lfw-face_recognition-histogram.png",
+    score = score_at(PEER_TOLERANCE, d, test_pairs.same)
+    plot_distance_histogram(d, test_pairs.same, PLOTS / "lfw-face_recognition-histogram.png",
                             threshold=PEER_TOLERANCE, title="LFW View 1 test pairs: face_recognition")
     return {**score.to_json(), "test_distances": d.round(5).tolist(),
             "threshold_from": "its documented tolerance", "faces_detected": detected[0],

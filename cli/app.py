@@ -108,6 +108,14 @@ def train(
     seed: int = typer.Option(0, help="Seed for the split, initialisation and augmentation."),
     shear: float = typer.Option(0.0, help="Random shear augmentation, degrees."),
     zoom: float = typer.Option(0.0, help="Random zoom augmentation, +- fraction."),
+    loss: Optional[str] = typer.Option(None, help="softmax (preset default), cosface or arcface: "
+                                       "a cosine head trained with a margin."),
+    margin: Optional[float] = typer.Option(None, help="cosface/arcface margin (default 0.2)."),
+    crop: float = typer.Option(1.0, help="Keep the centred square of this share of each image "
+                               "before resizing (0.5 for LFW-style 250 px face frames); saved "
+                               "with the model and applied to queries too."),
+    balanced: bool = typer.Option(False, "--balanced", help="Draw people evenly in each epoch, "
+                                  "however many images each has."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its checkpoint."),
     cached_features: bool = typer.Option(
         False, "--cached-features", help="freeze preset only: run the frozen layers once per "
@@ -120,16 +128,22 @@ def train(
 
     Writes loss/accuracy per epoch to STORE/train/history.json and curves.png.
 
-    Example:  facerank train photos/ --store faces/ --weights none --epochs 40
+    Examples:
+      facerank train photos/ --store faces/ --weights none --epochs 40
+      facerank train lfw/ --store faces/ --weights none --loss cosface --crop 0.5 --balanced
     """
     from facerank.train import preset as make_preset, train as run_training
 
     name = ("scratch" if weights == "none" else "sgd") if preset == "auto" else preset
     overrides = {k: v for k, v in dict(epochs=epochs, image_size=image_size, lr=lr,
-                                       batch_size=batch_size, feature_views=feature_views
-                                       ).items() if v is not None}
+                                       batch_size=batch_size, feature_views=feature_views,
+                                       loss=loss, margin=margin).items() if v is not None}
+    if overrides.get("loss", "softmax") != "softmax":
+        overrides.setdefault("margin", 0.2)
+        overrides.setdefault("label_smoothing", 0.0)
     config = make_preset(name, test_fraction=test_fraction, seed=seed, shear=shear, zoom=zoom,
-                         cached_features=cached_features, **overrides)
+                         cached_features=cached_features, crop=crop, balanced=balanced,
+                         **overrides)
     folder = _store_path(store)
     result = run_training(gallery, folder, config, weights=weights, resume=resume,
                           show_progress=not as_json)
@@ -399,17 +413,32 @@ def evaluate(
     store: Optional[Path] = StoreOption,
     plot: Optional[Path] = typer.Option(None, help="Confusion-matrix PNG (default: "
                                         "STORE/train/confusion.png)."),
+    pairs: Optional[Path] = typer.Option(None, help="Verification instead: an LFW-format pairs "
+                                         "file to score (needs --images)."),
+    threshold_pairs: Optional[Path] = typer.Option(
+        None, help="With --pairs: the pairs the threshold is chosen on (LFW's pairsDevTrain.txt)"
+        "; default: the store's calibrated threshold."),
+    images: Optional[Path] = typer.Option(None, help="With --pairs: the folder holding "
+                                          "NAME/NAME_0001.jpg."),
+    flip: bool = typer.Option(False, "--flip", help="Answer each image as the mean of itself and "
+                              "its mirror image (test-time augmentation, twice the work)."),
     as_json: bool = JsonOption,
 ):
-    """Accuracy, macro precision/recall/F1 and a confusion matrix on held-out images.
+    """Accuracy, macro precision/recall/F1 and a confusion matrix on held-out images; or, with
+    --pairs, 1:1 verification: accuracy, ROC AUC and true accepts at 1% false accepts.
 
-    Example:  facerank evaluate --store faces/ --plot confusion.png
+    Examples:
+      facerank evaluate --store faces/ --plot confusion.png
+      facerank evaluate --store faces/ --pairs lfw/pairsDevTest.txt \
+          --threshold-pairs lfw/pairsDevTrain.txt --images lfw/images
     """
     from facerank.evaluate import evaluate as run_evaluation
 
     folder = _store_path(store)
+    if pairs is not None:
+        return _evaluate_pairs(folder, pairs, threshold_pairs, images, flip, plot, as_json)
     plot = plot or folder / "train" / "confusion.png"
-    result = run_evaluation(folder, gallery, confusion_png=plot)
+    result = run_evaluation(folder, gallery, confusion_png=plot, flip=flip)
     if as_json:
         _emit_json({**result.to_json(), "confusion_png": str(plot)})
         return
@@ -423,6 +452,51 @@ def evaluate(
     if result.unknown_people:
         typer.echo(f"  not scored (unknown to the classifier): {', '.join(result.unknown_people)}")
     typer.echo(f"confusion matrix: {plot}")
+
+
+def _evaluate_pairs(folder: Path, pairs_file: Path, threshold_file: Optional[Path],
+                    images: Optional[Path], flip: bool, plot: Optional[Path], as_json: bool):
+    from facerank.store import FaceStore
+    import numpy as np
+
+    from facerank.verification import (distances, plot_distance_histogram, plot_roc, read_pairs,
+                                       score_at, score_pairs)
+
+    if images is None:
+        raise typer.BadParameter("--pairs needs --images, the folder of NAME/NAME_0001.jpg")
+    store = FaceStore.open(folder)
+
+    def embed(paths):
+        vectors = store.embed(list(paths))
+        if flip:
+            from PIL import ImageOps
+
+            from facerank.images import load_image
+
+            mirrored = store.embed([ImageOps.mirror(load_image(p)) for p in paths])
+            vectors = (vectors + mirrored) / 2
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors
+    test = read_pairs(pairs_file, images)
+    d_test = distances(embed, test)
+    if threshold_file is not None:
+        chosen_on = read_pairs(threshold_file, images)
+        score = score_pairs(distances(embed, chosen_on), chosen_on.same, d_test, test.same)
+    elif store.threshold is not None:
+        score = score_at(store.threshold, d_test, test.same)
+    else:
+        raise typer.BadParameter("no threshold: pass --threshold-pairs, or run `facerank "
+                                 "calibrate` first")
+    plot = plot or folder / "train" / "pairs.png"
+    plot_roc({"facerank": (d_test, test.same)}, plot.with_name(plot.stem + "-roc.png"))
+    plot_distance_histogram(d_test, test.same, plot, threshold=score.threshold)
+    if as_json:
+        _emit_json({**score.to_json(), "histogram_png": str(plot)})
+        return
+    typer.echo(f"{score.pairs} pairs: accuracy {score.accuracy:.1%} at distance threshold "
+               f"{score.threshold:.3f}, ROC AUC {score.auc:.3f}, "
+               f"true accepts at {score.far:.0%} false accepts {score.tar_at_far:.1%}")
+    typer.echo(f"distance histogram: {plot}; ROC: {plot.with_name(plot.stem + '-roc.png')}")
 
 
 # -- doctor --------------------------------------------------------------------------------------

@@ -118,12 +118,19 @@ def score_pairs(threshold_distances: np.ndarray, threshold_same: np.ndarray,
                 test_distances: np.ndarray, test_same: np.ndarray, *, far: float = 0.01
                 ) -> VerificationScore:
     """Choose the threshold on one set of pairs, score it on another."""
+    threshold, threshold_accuracy = best_threshold(threshold_distances, threshold_same)
+    return score_at(threshold, test_distances, test_same, far=far,
+                    threshold_accuracy=threshold_accuracy)
+
+
+def score_at(threshold: float, test_distances: np.ndarray, test_same: np.ndarray, *,
+             far: float = 0.01, threshold_accuracy: float = float("nan")) -> VerificationScore:
+    """Score pairs at a threshold chosen elsewhere (a calibrated one, a library's default)."""
     from sklearn.metrics import roc_auc_score
 
-    threshold, threshold_accuracy = best_threshold(threshold_distances, threshold_same)
-    accuracy = float(np.mean((test_distances <= threshold) == test_same))
     return VerificationScore(
-        accuracy=accuracy, threshold=threshold, threshold_accuracy=threshold_accuracy,
+        accuracy=float(np.mean((test_distances <= threshold) == test_same)),
+        threshold=float(threshold), threshold_accuracy=threshold_accuracy,
         auc=float(roc_auc_score(test_same, -test_distances)),
         tar_at_far=tar_at_far(test_distances, test_same, far), far=far, pairs=len(test_same))
 

@@ -3,6 +3,7 @@ scoring, on real faces where it matters."""
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
@@ -118,10 +119,9 @@ def test_threshold_chosen_on_one_set_scores_another():
     assert tar_at_far(d, same, 0.0) == pytest.approx(2 / 3)
 
 
-def test_verification_on_real_faces_separates_people(tmp_path, trained, gallery):
-    """A trained store's face prints: same-person ORL pairs are closer than different ones."""
-    folder, _ = trained
-    model = FaceModel.load(folder)
+def _orl_pairs(tmp_path, gallery):
+    """ORL photos laid out as LFW's NAME/NAME_0001.jpg with a pairs file: 3 same-person pairs
+    per person and 3 rounds of different-people pairs."""
     people = sorted(p.name for p in gallery.iterdir())
     images = tmp_path / "images"
     lines = ["0"]
@@ -132,7 +132,14 @@ def test_verification_on_real_faces_separates_people(tmp_path, trained, gallery)
         lines += [f"{person}\t1\t{k}" for k in (2, 3, 4)]
     lines += [f"{a}\t{i}\t{b}\t{i}" for i in (1, 2, 3)
               for a, b in zip(people, people[1:] + people[:1])]
-    pairs = read_pairs(_write_pairs(tmp_path, lines), images)
+    return _write_pairs(tmp_path, lines), images
+
+
+def test_verification_on_real_faces_separates_people(tmp_path, trained, gallery):
+    """A trained store's face prints: same-person ORL pairs are closer than different ones."""
+    folder, _ = trained
+    model = FaceModel.load(folder)
+    pairs = read_pairs(*_orl_pairs(tmp_path, gallery))
     d = distances(lambda paths: model.embed([Image.open(p).convert("RGB") for p in paths]), pairs)
     score = score_pairs(d, pairs.same, d, pairs.same)
     assert score.auc > 0.75, d
@@ -140,3 +147,23 @@ def test_verification_on_real_faces_separates_people(tmp_path, trained, gallery)
     plot_distance_histogram(d, pairs.same, tmp_path / "hist.png", threshold=score.threshold)
     assert (tmp_path / "roc.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "hist.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_scores_pairs_with_a_threshold_chosen_on_other_pairs(tmp_path, trained, gallery):
+    from typer.testing import CliRunner
+
+    from facerank.cli.app import app
+
+    pairs_file, images = _orl_pairs(tmp_path, gallery)
+    result = CliRunner().invoke(app, ["evaluate", "--store", str(trained[0]), "--pairs",
+                                      str(pairs_file), "--threshold-pairs", str(pairs_file),
+                                      "--images", str(images), "--plot", str(tmp_path / "h.png"),
+                                      "--flip", "--json"])
+    assert result.exit_code == 0, result.output
+    score = json.loads(result.output)
+    assert score["pairs"] == 30 and score["auc"] > 0.75
+    assert score["accuracy"] == pytest.approx(score["threshold_accuracy"])  # the same pairs
+    assert (tmp_path / "h-roc.png").exists() and (tmp_path / "h.png").exists()
+    missing = CliRunner().invoke(app, ["evaluate", "--store", str(trained[0]), "--pairs",
+                                       str(pairs_file), "--images", str(images)])
+    assert missing.exit_code != 0 and "threshold" in missing.output
