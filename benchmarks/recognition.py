@@ -483,6 +483,11 @@ def run_worker(args) -> None:
 
 # -- report --------------------------------------------------------------------------------------
 
+def methods(cell: dict) -> list[tuple[str, dict]]:
+    """A baselines cell's (method, scores) pairs, without its bookkeeping (cell_seconds)."""
+    return [(name, value) for name, value in cell.items() if isinstance(value, dict)]
+
+
 def load_cells() -> dict:
     return {p.stem: json.loads(p.read_text()) for p in sorted(CACHE.glob("*.json"))}
 
@@ -568,7 +573,7 @@ def report(done: dict) -> str:
                      "DevTrain people, class-balanced (random init)", v["facerank"]))
         rows.append(("facerank, flip test-time augmentation", v["facerank_flip"]))
     if "lfw-baselines-verification" in done:
-        for name, r in done["lfw-baselines-verification"].items():
+        for name, r in methods(done["lfw-baselines-verification"]):
             rows.append((f"baseline: {name} (whitened PCA-128)", r))
     if "lfw-peer-verification" in done:
         rows.append(("peer: `face_recognition` (dlib), at its documented tolerance 0.6",
@@ -586,7 +591,7 @@ def report(done: dict) -> str:
                      f"{pct([r['classify']])} | {pct([r['top5']])} | {pct([r['f1']])} | "
                      f"{pct([r['closest']])} |")
     if "lfw-baselines-identification" in done:
-        for name, r in done["lfw-baselines-identification"].items():
+        for name, r in methods(done["lfw-baselines-identification"]):
             lines.append(f"| baseline: {name} | {pct([r['accuracy']])} | | {pct([r['f1']])} | |")
     if "lfw-peer-identification" in done:
         lines.append(f"| peer: `face_recognition` (dlib), 1-NN | | | | "
@@ -609,7 +614,7 @@ def write_report() -> None:
     curves = {}
     if "lfw-verification" in done:
         curves["facerank (random init)"] = done["lfw-verification"]["facerank"]
-    for name, r in done.get("lfw-baselines-verification", {}).items():
+    for name, r in methods(done.get("lfw-baselines-verification", {})):
         curves[name] = r
     if "lfw-peer-verification" in done:
         curves["face_recognition (dlib)"] = done["lfw-peer-verification"]

@@ -87,6 +87,13 @@ def test_margin_head_learns_real_faces_and_survives_save_and_load(tmp_path, loss
     again = FaceModel.load(tmp_path / "store").embed_and_classify(images)
     assert np.array_equal(vectors, again[0]) and np.array_equal(probabilities, again[1])
     assert np.allclose(probabilities.sum(1), 1.0, atol=1e-5)
+    from facerank import onnx_model as onnx
+
+    if onnx.available():  # the cosine head and the crop travel into the ONNX graph too
+        ort_vectors, ort_probabilities = onnx.OnnxFaceModel.load(tmp_path / "store") \
+            .embed_and_classify(images)
+        assert np.allclose(ort_vectors, vectors, atol=1e-4)
+        assert np.allclose(ort_probabilities, probabilities, atol=1e-4)
     flipped = evaluate(tmp_path / "store", flip=True)
     assert flipped.images == result.test_images and 0.0 <= flipped.accuracy <= 1.0
 
