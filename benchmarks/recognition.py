@@ -19,7 +19,8 @@ PNGs) is written from whatever cells are done. No ImageNet weights can be downlo
 was written: every facerank figure is from random initialisation.
 
 Optional dependencies, never runtime ones: ``scikit-image`` (HOG/LBP baselines) and
-``face_recognition`` (``pip install face_recognition --no-deps face_recognition_models dlib-bin``).
+``face_recognition`` (``pip install face_recognition --no-deps face_recognition_models dlib-bin
+"setuptools<81"``: its models package still imports ``pkg_resources``).
 Data: ORL (AT&T Laboratories Cambridge); LFW deep-funneled (Huang et al. 2007, 2012).
 """
 
@@ -211,15 +212,16 @@ def accuracy(predicted, truth) -> float:
 
 # -- cells ---------------------------------------------------------------------------------------
 
-def train_and_evaluate(gallery: Path, config, store: Path, plots_prefix: str | None) -> dict:
+def train_and_evaluate(gallery: Path, config, store: Path, plots_prefix: str | None,
+                       confusion: bool = True) -> dict:
     from facerank.evaluate import evaluate
     from facerank.store import FaceStore
     from facerank.train import train
 
     result = train(gallery, store, config, weights="none")
     opened = FaceStore.open(store)
-    confusion = PLOTS / f"{plots_prefix}-confusion.png" if plots_prefix else None
-    plain = evaluate(opened, confusion_png=confusion)
+    confusion_png = PLOTS / f"{plots_prefix}-confusion.png" if plots_prefix and confusion else None
+    plain = evaluate(opened, confusion_png=confusion_png)
     flipped = evaluate(opened, flip=True)
     if plots_prefix:
         shutil.copyfile(store / "train" / "curves.png", PLOTS / f"{plots_prefix}-curves.png")
@@ -369,7 +371,9 @@ def cell_lfw_verification(work: Path, epochs: int) -> dict:
     gallery = linked_gallery(lfw_people("peopleDevTrain.txt", minimum=2),
                              DATA / "lfw" / "images", work / "gallery")
     config = recipe("cosface", 0, crop=LFW_CROP, balanced=True, epochs=epochs, test_fraction=0.1)
-    trained = train_and_evaluate(gallery, config, work / "store", "lfw-verification")
+    # 1,184 people: a confusion matrix would be a megabyte of noise.
+    trained = train_and_evaluate(gallery, config, work / "store", "lfw-verification",
+                                 confusion=False)
     model = FaceStore.open(work / "store").model
 
     def embed(paths, flip=False):
