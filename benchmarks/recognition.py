@@ -103,10 +103,9 @@ def load_images(paths, crop: float = 1.0):
 
 
 def _center_crop(image, crop: float):
-    width, height = image.size
-    side = crop * min(width, height)
-    left, top = (width - side) / 2, (height - side) / 2
-    return image.crop((round(left), round(top), round(left + side), round(top + side)))
+    from facerank.config import centre_square
+
+    return image.crop(tuple(round(x) for x in centre_square(*image.size, crop)))
 
 
 # -- classical baselines ---------------------------------------------------------------------------

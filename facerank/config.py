@@ -73,13 +73,15 @@ def resize_for_model(image: Image.Image, size: int, crop: float = 1.0) -> np.nda
     With ``crop`` < 1 a centred square of that share of the shorter side is kept first: aligned
     face crops such as LFW's frame the face with as much background again around it.
     """
-    box = None
-    if crop < 1.0:
-        width, height = image.size
-        side = crop * min(width, height)
-        left, top = (width - side) / 2, (height - side) / 2
-        box = (left, top, left + side, top + side)
+    box = centre_square(*image.size, crop) if crop < 1.0 else None
     return np.asarray(image.resize((size, size), Image.BILINEAR, box=box, reducing_gap=3.0))
+
+
+def centre_square(width: int, height: int, crop: float) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of the centred square of ``crop`` x the shorter side."""
+    side = crop * min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    return left, top, left + side, top + side
 
 
 def join_answers(config: ModelConfig, vectors: list[np.ndarray], probabilities: list[np.ndarray]
