@@ -27,6 +27,7 @@ Data: ORL (AT&T Laboratories Cambridge); LFW deep-funneled (Huang et al. 2007, 2
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -224,7 +225,7 @@ def train_and_evaluate(gallery: Path, config, store: Path, plots_prefix: str | N
     flipped = evaluate(opened, flip=True)
     if plots_prefix:
         shutil.copyfile(store / "train" / "curves.png", PLOTS / f"{plots_prefix}-curves.png")
-    return {"config": {k: v for k, v in vars(config).items()}, "weights": "none (random init)",
+    return {"config": dataclasses.asdict(config), "weights": "none (random init)",
             "train_seconds": result.seconds, "best_epoch": result.best_epoch,
             "epochs": config.epochs, "history": result.history,
             "classify": plain.accuracy, "top5": plain.top5_accuracy,

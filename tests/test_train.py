@@ -49,6 +49,23 @@ def _quiet_train(*args, **kwargs):
         return train(*args, **kwargs)
 
 
+def _train_until_interrupted(gallery, store, config, monkeypatch, *, at_evaluation: int):
+    """Train with Ctrl-C arriving at the ``at_evaluation``-th held-out evaluation; a checkpoint
+    is written after every epoch (``checkpoint_every=0``)."""
+    real_evaluate, calls = training._evaluate, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == at_evaluation:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _quiet_train(gallery, store, config, weights="none", checkpoint_every=0)
+    monkeypatch.setattr(training, "_evaluate", real_evaluate)
+
+
 def test_same_seed_same_model_and_resume_after_interruption(tmp_path, micro_gallery, monkeypatch):
     config = preset("scratch", **MICRO)
     _quiet_train(micro_gallery, tmp_path / "a", config, weights="none")
@@ -57,18 +74,7 @@ def test_same_seed_same_model_and_resume_after_interruption(tmp_path, micro_gall
     assert read_config(tmp_path / "b").fingerprint == fingerprint
 
     # Interrupt a third run during epoch 3, then resume it: it must end where the others did.
-    real_evaluate, calls = training._evaluate, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(training, "_evaluate", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        _quiet_train(micro_gallery, tmp_path / "c", config, weights="none", checkpoint_every=0)
-    monkeypatch.setattr(training, "_evaluate", real_evaluate)
+    _train_until_interrupted(micro_gallery, tmp_path / "c", config, monkeypatch, at_evaluation=3)
     assert not (tmp_path / "c" / "model.json").exists()
     resumed = _quiet_train(micro_gallery, tmp_path / "c", config, weights="none", resume=True)
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
@@ -110,18 +116,7 @@ def test_cached_features_train_and_score_like_the_saved_model(gallery, tmp_path)
 def test_cached_features_resume_to_the_same_model(tmp_path, micro_gallery, monkeypatch):
     config = preset("freeze", **MICRO, cached_features=True, feature_views=2)
     _quiet_train(micro_gallery, tmp_path / "a", config, weights="none")
-    real_evaluate, calls = training._evaluate, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(training, "_evaluate", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        _quiet_train(micro_gallery, tmp_path / "b", config, weights="none", checkpoint_every=0)
-    monkeypatch.setattr(training, "_evaluate", real_evaluate)
+    _train_until_interrupted(micro_gallery, tmp_path / "b", config, monkeypatch, at_evaluation=2)
     # The cache is rebuilt from the seed: the resumed run ends where the uninterrupted one did.
     resumed = _quiet_train(micro_gallery, tmp_path / "b", config, weights="none", resume=True)
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
