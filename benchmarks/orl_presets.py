@@ -99,7 +99,7 @@ def run_preset(name: str, orl: Path, seed: int, workdir: Path) -> dict:
         quality["l2" if normalised else "raw"] = ranking_quality(store.model.embed(images), people)
     return {
         "preset": name, "config": dataclasses.asdict(preset(name, seed=seed)),
-        "weights": result.weights_origin, "best_epoch": result.best_epoch,
+        "weights": result.weights_origin, "kept_epoch": result.kept_epoch,
         "held_out_accuracy": evaluation.accuracy, "top5_accuracy": evaluation.top5_accuracy,
         "macro_precision": evaluation.precision, "macro_recall": evaluation.recall,
         "macro_f1": evaluation.f1, "nn_accuracy": evaluation.nearest_neighbour_accuracy,

@@ -112,7 +112,7 @@ def run(module, row: Row, orl: Path, workdir: Path, weights: str, code: str) -> 
         "cache_seconds": getattr(result, "cache_seconds", None),
         "run_seconds": round(wall, 2), "run_cpu_seconds": round(cpu, 1),
         "last_val_accuracy": result.history[-1].get("val_accuracy"),
-        "test_accuracy": result.test_accuracy, "best_epoch": result.best_epoch,
+        "test_accuracy": result.test_accuracy, "kept_epoch": result.kept_epoch,
         "last_train_loss": result.history[-1]["train_loss"],
     }
 

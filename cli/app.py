@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 import warnings
 from pathlib import Path
 from typing import List, Optional
@@ -116,6 +115,8 @@ def train(
                                "with the model and applied to queries too."),
     balanced: bool = typer.Option(False, "--balanced", help="Draw people evenly in each epoch, "
                                   "however many images each has."),
+    keep: str = typer.Option("last", help="Save the last epoch, or best: the epoch with the "
+                             "best held-out accuracy (that accuracy is then optimistic)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its checkpoint."),
     cached_features: bool = typer.Option(
         False, "--cached-features", help="freeze preset only: run the frozen layers once per "
@@ -143,7 +144,7 @@ def train(
         overrides.setdefault("label_smoothing", 0.0)
     config = make_preset(name, test_fraction=test_fraction, seed=seed, shear=shear, zoom=zoom,
                          cached_features=cached_features, crop=crop, balanced=balanced,
-                         **overrides)
+                         keep=keep, **overrides)
     folder = _store_path(store)
     result = run_training(gallery, folder, config, weights=weights, resume=resume,
                           show_progress=not as_json)
@@ -156,7 +157,7 @@ def train(
                f"in {result.seconds:.0f}s (weights: {result.weights_origin})")
     if result.test_accuracy is not None:
         typer.echo(f"held-out accuracy {result.test_accuracy:.1%} on {result.test_images} images "
-                   f"(best epoch {result.best_epoch} of {last['epoch']})")
+                   f"(model of epoch {result.kept_epoch} of {last['epoch']}, kept: {keep})")
     if result.train_only:
         typer.echo(f"trained on but not tested (one image each): {', '.join(result.train_only)}")
     typer.echo(f"model saved in {folder}; curves in {folder / 'train' / 'curves.png'}")

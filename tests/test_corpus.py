@@ -13,7 +13,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from facerank.doctor import diagnose
