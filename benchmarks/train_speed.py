@@ -18,8 +18,8 @@ Rows, each a real ``facerank.train`` run on ORL split 70/30 per person (280 trai
 
 Seconds per epoch are the median of the epochs after the first (an epoch = its training steps
 plus scoring the held-out images; checkpoints excluded). Held-out accuracy is the last epoch's
-and the saved (best) model's. ``--baseline REV`` loads ``facerank/train.py`` from that commit
-and runs ``scratch`` fp32 and ``freeze`` with it just before the current code, for a
+and the saved model's (the same epoch, unless the recipe keeps the best). ``--baseline REV``
+loads ``facerank/train.py`` from that commit and runs ``scratch`` fp32 and ``freeze`` with it just before the current code, for a
 before/after ratio from the same run. Writes benchmarks/results/train_speed.{json,md}.
 Data: the ORL face database (AT&T Laboratories Cambridge; Samaria & Harter 1994).
 """
