@@ -31,6 +31,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from machine import cpu_model
+
 from facerank.index import FaceIndex, IndexPlan, _choose_nlist, choose_index
 
 HERE = Path(__file__).resolve().parent
@@ -471,15 +473,8 @@ def evaluate(index: FaceIndex, population: Population, truth: np.ndarray, person
 # -- report --------------------------------------------------------------------------------------
 
 def machine(threads: int) -> str:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{platform.machine()} {model}, {os.cpu_count()} cores, {threads} FAISS thread(s), "
+    return (f"{platform.machine()} {cpu_model()}, {os.cpu_count()} cores, "
+            f"{threads} FAISS thread(s), "
             f"faiss {faiss.__version__}, numpy {np.__version__}")
 
 

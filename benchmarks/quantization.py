@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from machine import cpu_model
+
 HERE = Path(__file__).resolve().parent
 ORL = HERE.parent.parent / "shared" / "data" / "orl"
 CACHE = HERE / ".cache" / "quantization"
@@ -84,7 +86,7 @@ def main() -> None:
     import onnxruntime
 
     results = {
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "onnxruntime": onnxruntime.__version__},
         "store": {"image_size": config.image_size, "weights_origin": config.weights_origin,
                   "people": len(config.people), "train_images": len(train_paths),
@@ -215,16 +217,6 @@ def measure_speed(sessions: dict, size, batch, rounds, paths, config) -> dict:
             timings[name].append(batch * repeats / (time.perf_counter() - started))
     return {"size": size, "batch": batch,
             "images_per_s": {name: round(statistics.median(v), 1) for name, v in timings.items()}}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def markdown(results: dict) -> str:

@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 
 import facerank.train as training
+from machine import cpu_model
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -118,13 +119,7 @@ def run(module, row: Row, orl: Path, workdir: Path, weights: str, code: str) -> 
 
 
 def machine_info() -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in
-                   Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "amx": training.bf16_is_native(), "torch": torch.__version__,
             "python": platform.python_version(), "load_average_at_start": os.getloadavg()}
 
