@@ -86,8 +86,8 @@ def main() -> None:
     import onnxruntime
 
     results = {
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-                    "onnxruntime": onnxruntime.__version__},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
+                    "python": platform.python_version(), "onnxruntime": onnxruntime.__version__},
         "store": {"image_size": config.image_size, "weights_origin": config.weights_origin,
                   "people": len(config.people), "train_images": len(train_paths),
                   "test_images": len(test_paths), "recipe": train_recipe(store)},
@@ -109,7 +109,8 @@ def trained_store() -> Path:
 
 def train_recipe(store: Path) -> dict:
     history = json.loads((store / "train" / "history.json").read_text())
-    return {k: history.get("config", {}).get(k) for k in ("preset", "epochs", "image_size", "seed", "keep")}
+    recipe = history.get("config", {})
+    return {k: recipe.get(k) for k in ("preset", "epochs", "image_size", "seed", "keep")}
 
 
 def pixels(paths: list[str], size: int, crop: float) -> np.ndarray:
