@@ -8,7 +8,8 @@ cosine >= 0.999 between its embeddings and fp32's, the same top-1 identity on th
 split, and top-10 neighbours agreeing >= 99%. This CPU has AVX-512 VNNI (int8 dot products) but
 no AMX, so bf16 is emulated and slower (see embedding_speed.md): int8 is the candidate here.
 
-Quantisation: ONNX Runtime's static QDQ quantiser (``quant_pre_process`` first, then
+Quantisation: ``facerank.precision.quantise``, what ``facerank precision int8`` runs: ONNX
+Runtime's static QDQ quantiser (``quant_pre_process`` first, then
 ``quantize_static``), int8 weights per output channel, uint8 activations, ranges calibrated on
 the store's *training* images (the held-out ones only ever score). Variants: min/max or
 percentile calibration, and the network's tail (last bottleneck, or all of layer4) kept in fp32.
@@ -60,6 +61,7 @@ def main() -> None:
 
     store = args.store or trained_store()
     from facerank.config import read_config
+    from facerank.precision import quantise
 
     config = read_config(store)
     split = json.loads((store / "train" / "split.json").read_text())
@@ -120,36 +122,6 @@ def pixels(paths: list[str], size: int, crop: float) -> np.ndarray:
 
     batch = np.stack([resize_for_model(load_image(p), size, crop) for p in paths])
     return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
-
-
-def quantise(source: Path, target: Path, calibration_paths: list[str], config, *,
-             method: str = "MinMax", fp32_tail_convs: int = 0) -> None:
-    """Static QDQ int8. ``fp32_tail_convs``: the last that many convolutions, and every node
-    after the first of them (the residual adds, pooling, the head), stay in fp32; chosen by
-    graph order, so it does not depend on how the exporter names nodes."""
-    import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                          QuantType, quant_pre_process, quantize_static)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            images = pixels(calibration_paths, config.image_size, config.crop)
-            # One image a batch: the histogram calibrators need batches of equal size.
-            self._batches = iter([{"pixels": images[i:i + 1]} for i in range(len(images))])
-
-        def get_next(self):
-            return next(self._batches, None)
-
-    prepared = target.with_name("prepared.onnx")
-    quant_pre_process(str(source), str(prepared))
-    nodes = onnx.load(str(prepared)).graph.node
-    convs = [i for i, node in enumerate(nodes) if node.op_type == "Conv"]
-    first_kept = convs[-fp32_tail_convs] if fp32_tail_convs else len(nodes)
-    quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    calibrate_method=getattr(CalibrationMethod, method),
-                    nodes_to_exclude=[node.name for node in nodes[first_kept:]])
 
 
 def session(path: Path):

@@ -41,6 +41,9 @@ class ModelConfig:
     fingerprint: str = ""            # sha256 of that file; indexes record it to refuse mixing
     onnx_file: str = ""              # the same network exported for ONNX Runtime ("" = none)
     onnx_fingerprint: str = ""       # sha256 of the ONNX file, checked before it is used
+    precision: str = "fp32"          # what queries and indexing run in: "fp32" or "int8"
+    int8_file: str = ""              # the ONNX model quantised to int8 (see facerank.precision)
+    int8_fingerprint: str = ""       # sha256 of that file
     facerank_version: str = ""       # the version that saved it
 
     def to_json(self) -> dict:
@@ -57,6 +60,8 @@ class ModelConfig:
                  self.normalize_embeddings, self.embedding_dim]
         if self.crop != 1.0:  # appended only when set, so older stores keep their identity
             parts.append(self.crop)
+        if self.precision != "fp32":  # int8 vectors are not fp32's: they fill their own index
+            parts.append(self.precision)
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     @classmethod

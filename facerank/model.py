@@ -249,7 +249,8 @@ class FaceModel:
         from facerank import __version__
 
         config = replace(self.config, weights_file=weights_file, fingerprint=fingerprint,
-                         facerank_version=__version__, onnx_file="", onnx_fingerprint="")
+                         facerank_version=__version__, onnx_file="", onnx_fingerprint="",
+                         precision="fp32", int8_file="", int8_fingerprint="")
         if export_onnx and _onnx_exporter_available():
             from facerank import onnx_model
 
@@ -259,7 +260,8 @@ class FaceModel:
         self.config = config
         atomic.write_json(folder / CONFIG_FILE, self.config.to_json())
         if previous:
-            for old_file in (previous.weights_file, previous.onnx_file):
+            # New weights: the old int8 model is of the old weights; int8 is chosen again.
+            for old_file in (previous.weights_file, previous.onnx_file, previous.int8_file):
                 if old_file and old_file not in (config.weights_file, config.onnx_file):
                     (folder / old_file).unlink(missing_ok=True)
         return self.config

@@ -96,11 +96,11 @@ class OnnxFaceModel:
     """
 
     runtime = "onnxruntime"
-    precision = "fp32"
 
     def __init__(self, session, config: ModelConfig):
         self._session = session
         self.config = config
+        self.precision = config.precision  # "fp32" or "int8": which of the two files runs
 
     @classmethod
     def load(cls, folder: str | Path, *, config: ModelConfig | None = None) -> "OnnxFaceModel":
@@ -111,12 +111,14 @@ class OnnxFaceModel:
         if not config.onnx_file:
             raise StoreError(f"the model in {folder} has no ONNX export; train again with "
                              "`pip install \"facerank[fast]\"` installed")
-        path = folder / config.onnx_file
+        int8 = config.precision == "int8"
+        path = folder / (config.int8_file if int8 else config.onnx_file)
         try:
             data = path.read_bytes()
         except OSError as error:
             raise StoreError(f"{path}: cannot read the ONNX model ({error.strerror})") from None
-        if hashlib.sha256(data).hexdigest() != config.onnx_fingerprint:
+        expected = config.int8_fingerprint if int8 else config.onnx_fingerprint
+        if hashlib.sha256(data).hexdigest() != expected:
             raise StoreMismatchError(f"{path} does not match the fingerprint in the model "
                                      "config; the store is damaged, train again")
         options = onnxruntime.SessionOptions()

@@ -4,7 +4,8 @@ Both compute the same function (see ``facerank.onnx_model``), so the choice chan
 answers. ``"auto"`` picks ONNX Runtime when the model was exported with it, ``onnxruntime`` is
 installed and the device is the CPU: it starts without importing torch (a one-shot
 ``facerank query`` is then a second, not several) and runs ResNet50 faster on the CPU.
-Set ``FACERANK_RUNTIME=torch`` (or pass ``runtime="torch"``) to force torch.
+Set ``FACERANK_RUNTIME=torch`` (or pass ``runtime="torch"``) to force torch. A store switched to
+int8 (``facerank.precision``) runs on ONNX Runtime only: torch would give other vectors.
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ def load_model(folder: str | Path, *, device: str = "cpu", runtime: str | None =
     if runtime == "onnxruntime" and not onnx_model.available():
         raise ImportError('runtime "onnxruntime" needs the fast extra: '
                           'pip install "facerank[fast]"')
+    if config.precision == "int8":
+        if runtime == "torch" or device != "cpu":
+            raise ValueError(f"the model in {folder} is int8, which runs on ONNX Runtime on the "
+                             "CPU only; run `facerank precision fp32` to use torch")
+        if not onnx_model.available():
+            raise ImportError(f"the model in {folder} is int8, which needs ONNX Runtime: "
+                              'pip install "facerank[fast]" (or `facerank precision fp32`)')
+        return onnx_model.OnnxFaceModel.load(folder, config=config)
     use_onnx = runtime == "onnxruntime" or (
         runtime == "auto" and device == "cpu" and bool(config.onnx_file)
         and onnx_model.available())
