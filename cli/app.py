@@ -2,7 +2,7 @@
 
 Every command is a few lines over the library. Errors become one line on stderr and an exit code:
 0 success, 1 a facerank error (missing store, unreadable photo, ...), 2 a usage error, 3 (doctor)
-the gallery has problems, 4 (verify) different people.
+the gallery has problems, 4 (verify) different people, 5 (query, faces) a photo with no face.
 Set ``FACERANK_DEBUG=1`` or pass ``--debug`` for the full traceback.
 """
 
@@ -79,6 +79,22 @@ def _console():
     return Console()
 
 
+NO_FACE_EXIT = 5
+
+
+def _report_faces(no_face, several_faces, whole: bool) -> None:
+    """Name the gallery photos the face step found no face in, or several."""
+    for paths, what in ((no_face, "no face found" + (" (the whole image was used)" if whole
+                                                     else " (skipped)")),
+                        (several_faces, "several faces (the largest was taken as the person)")):
+        if paths:
+            typer.echo(f"{len(paths)} photo(s) with {what}:", err=True)
+            for path in paths[:10]:
+                typer.echo(f"  {path}", err=True)
+            if len(paths) > 10:
+                typer.echo(f"  ... and {len(paths) - 10} more (use --json for all)", err=True)
+
+
 def _report_skipped(skipped) -> None:
     if skipped:
         typer.echo(f"skipped {len(skipped)} file(s):", err=True)
@@ -123,6 +139,13 @@ def train(
         "image and view, then train the last stage on their stored outputs (faster epochs)."),
     feature_views: Optional[int] = typer.Option(
         None, help="With --cached-features: augmented views cached per image (default 2)."),
+    faces: str = typer.Option("auto", help="Face step: auto (dlib-hog where the faces extra is "
+                              "installed, else none), dlib-hog, dlib-cnn (with --face-model), or "
+                              "none (the whole image). Saved with the model; queries use it too."),
+    face_model: Optional[Path] = typer.Option(None, help="Weights file of a face detector that "
+                                              "needs one (dlib-cnn: mmod_human_face_detector.dat)."),
+    no_face: str = typer.Option("whole", help="A photo with no face found: whole (use the whole "
+                                "image; right for tight crops) or skip."),
     as_json: bool = JsonOption,
 ):
     """Fine-tune ResNet50 on GALLERY and save the model into the store.
@@ -131,8 +154,10 @@ def train(
 
     Examples:
       facerank train photos/ --store faces/ --weights none --epochs 40
-      facerank train lfw/ --store faces/ --weights none --loss cosface --crop 0.5 --balanced
+      facerank train lfw/ --store faces/ --weights none --loss cosface --balanced
+      facerank train photos/ --store faces/ --faces dlib-hog --no-face skip
     """
+    from facerank.faces import face_step
     from facerank.train import preset as make_preset, train as run_training
 
     name = ("scratch" if weights == "none" else "sgd") if preset == "auto" else preset
@@ -145,16 +170,19 @@ def train(
     config = make_preset(name, test_fraction=test_fraction, seed=seed, shear=shear, zoom=zoom,
                          cached_features=cached_features, crop=crop, balanced=balanced,
                          keep=keep, **overrides)
+    step = face_step(faces, model_file=face_model, no_face=no_face)
     folder = _store_path(store)
     result = run_training(gallery, folder, config, weights=weights, resume=resume,
-                          show_progress=not as_json)
+                          show_progress=not as_json, faces=step)
     if as_json:
         _emit_json({"store": str(folder), "preset": name, **result.to_json()})
         return
     _report_skipped(result.skipped)
+    _report_faces(result.no_face, result.several_faces, whole=step.no_face == "whole")
     last = result.history[-1]
     typer.echo(f"trained '{name}' on {result.train_images} images of {len(result.people)} people "
                f"in {result.seconds:.0f}s (weights: {result.weights_origin})")
+    typer.echo(step.describe())
     if result.test_accuracy is not None:
         typer.echo(f"held-out accuracy {result.test_accuracy:.1%} on {result.test_images} images "
                    f"(model of epoch {result.kept_epoch} of {last['epoch']}, kept: {keep})")
@@ -254,6 +282,8 @@ def _print_change(report, opened, as_json: bool) -> None:
         _emit_json({**report.to_json(), "images": len(opened)})
         return
     _report_skipped(report.skipped)
+    step = opened.model.config.faces
+    _report_faces(report.no_face, report.several_faces, whole=step.no_face == "whole")
     typer.echo(f"added {report.added}, updated {report.updated}, removed {report.removed}, "
                f"unchanged {report.unchanged}, re-embedded {report.reembedded}; "
                f"the index holds {len(opened)} images")
@@ -268,31 +298,111 @@ def query(
     store: Optional[Path] = StoreOption,
     k: int = typer.Option(5, "-k", help="How many closest gallery images."),
     top_k: int = typer.Option(5, help="How many people with probabilities."),
+    all_faces: bool = typer.Option(False, "--all-faces", help="Answer for every face in each "
+                                   "photo (box, who, closest), not just the largest."),
     as_json: bool = JsonOption,
 ):
     """Who is it (top people with probabilities) and which gallery images are closest.
 
-    Example:  facerank query photo.jpg --store faces/ -k 5
+    The store's face step finds the face first; without --all-faces the largest face answers.
+    Exit code 5 when a photo holds no face the store can use.
+
+    Examples:
+      facerank query photo.jpg --store faces/ -k 5
+      facerank query group.jpg --store faces/ --all-faces --json
     """
     import facerank
 
     opened = facerank.open(_store_path(store))
-    results = []
+    step = opened.model.config.faces
+    results, faceless = [], []
     for photo in photos:
-        matches, predictions = opened.query(photo, k=k, top_k=top_k)
-        results.append({"photo": str(photo), "people": [vars(p) for p in predictions],
-                        "closest": [vars(m) for m in matches],
-                        "unknown": opened.is_unknown(matches[0] if matches else None),
-                        "threshold": opened.threshold})
+        answers = opened.identify(photo, k=k, top_k=top_k, every=all_faces)
+        if not answers or (step.enabled and answers[0].face is None):
+            faceless.append(str(photo))
+        faces = [{**answer.to_json(), "closest": answer.to_json()["matches"]} for answer in answers]
+        for face in faces:
+            face.pop("matches")
+        if all_faces:
+            results.append({"photo": str(photo), "faces": faces, "threshold": opened.threshold})
+        else:
+            results.append({"photo": str(photo), "threshold": opened.threshold,
+                            **(faces[0] if faces else {"face": None, "people": [],
+                                                       "closest": [], "unknown": None})})
     if as_json:
         _emit_json(results if len(results) > 1 else results[0])
-        return
-    for result in results:
-        _print_people(result["photo"], result["people"])
-        _print_closest(result["photo"], result["closest"])
-        if result["unknown"]:
-            typer.echo(f"unknown: the nearest gallery image is {result['closest'][0]['distance']:.3f} "
-                       f"away, beyond the calibrated threshold {result['threshold']:.3f}")
+    else:
+        for result in results:
+            answers = result["faces"] if all_faces else ([result] if result["people"] else [])
+            if not answers:
+                typer.echo(f"{result['photo']}: no face found", err=True)
+            for number, answer in enumerate(answers):
+                title = result["photo"]
+                if answer["face"]:
+                    title += f" face {number + 1} at {tuple(answer['face']['box'])}"
+                elif step.enabled:
+                    typer.echo(f"{result['photo']}: no face found; answered for the whole image",
+                               err=True)
+                _print_people(title, answer["people"])
+                _print_closest(title, answer["closest"])
+                if answer["unknown"]:
+                    typer.echo(f"unknown: the nearest gallery image is "
+                               f"{answer['closest'][0]['distance']:.3f} away, beyond the "
+                               f"calibrated threshold {result['threshold']:.3f}")
+    if faceless:
+        raise typer.Exit(NO_FACE_EXIT)
+
+
+@app.command()
+@handles_errors
+def faces(
+    photos: List[Path] = typer.Argument(..., help="Photo(s) to find faces in."),
+    store: Optional[Path] = typer.Option(None, "--store", "-s", help="Use this store's face "
+                                         "step (default: dlib's HOG detector)."),
+    draw: Optional[Path] = typer.Option(None, help="Write the (first) photo with its boxes and "
+                                        "landmarks drawn to this PNG."),
+    as_json: bool = JsonOption,
+):
+    """Just the faces: each face's box, confidence and 5 landmarks, largest first.
+
+    Exit code 5 when a photo holds no face.
+
+    Examples:
+      facerank faces group.jpg
+      facerank faces group.jpg --json --draw boxes.png
+    """
+    from facerank.config import read_config
+    from facerank.faces import FaceFinder, face_step
+    from facerank.images import load_image
+
+    step = read_config(store).faces if store is not None else face_step("dlib-hog")
+    if not step.enabled:
+        raise ValueError(f"the store {store} has no face step (it was trained with --faces none)")
+    finder = FaceFinder(step, size=112)
+    results = []
+    for number, photo in enumerate(photos):
+        image = load_image(photo)
+        found = finder.find(image)
+        results.append({"photo": str(photo), "width": image.width, "height": image.height,
+                        "faces": [face.to_json() for face in found]})
+        if draw is not None and number == 0:
+            from facerank.drawing import draw_faces
+
+            draw_faces(image, found).save(draw)
+    if as_json:
+        _emit_json(results if len(results) > 1 else results[0])
+    else:
+        for result in results:
+            typer.echo(f"{result['photo']}: {len(result['faces'])} face(s)")
+            for number, face in enumerate(result["faces"]):
+                eyes = face["landmarks"]
+                typer.echo(f"  {number + 1}. box {tuple(face['box'])} confidence "
+                           f"{face['confidence']:.2f} eyes {tuple(eyes['left_eye_inner'])} "
+                           f"{tuple(eyes['right_eye_inner'])}")
+        if draw is not None:
+            typer.echo(f"drawn: {draw}")
+    if any(not result["faces"] for result in results):
+        raise typer.Exit(NO_FACE_EXIT)
 
 
 @app.command()
@@ -567,7 +677,10 @@ def doctor(
     if as_json:
         _emit_json(report.to_json())
     else:
-        typer.echo(f"{report.gallery}: {report.images} images of {report.people} people")
+        typer.echo(f"{report.gallery}: {report.images} images of {report.people} people; "
+                   f"{report.faces}")
+        _report_faces(report.no_face, report.several_faces,
+                      whole=opened is None or opened.model.config.faces.no_face == "whole")
         for finding in report.findings:
             typer.echo(f"  [{finding.kind}] {' <-> '.join(finding.paths)}: {finding.detail}")
         summary = report.to_json()["summary"]
@@ -647,6 +760,7 @@ def demo(
     split = json.loads((store / "train" / "split.json").read_text())
     say(f"2/4 indexing the {len(split['train'])} training images ...")
     opened = FaceStore.open(store)
+    say(opened.model.config.faces.describe())
     paths, people = zip(*split["train"])
     opened.add(paths, person=people)
     photo, truth = split["test"][0]

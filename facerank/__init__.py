@@ -3,6 +3,7 @@
     >>> import facerank
     >>> facerank.classify("photo.jpg", top_k=3)      # who is it
     >>> facerank.closest("photo.jpg", k=5)           # which gallery images are closest
+    >>> facerank.identify("group.jpg")               # every face: box, who, closest
     >>> store = facerank.open("faces/")              # open once, query many times
 
 The module-level functions use the default store: ``$FACERANK_STORE``, else ``./facerank-store``.
@@ -19,7 +20,9 @@ __version__ = "0.1.0"
 # `import facerank` neither imports torch nor loads a model.
 _EXPORTS = {
     "open": "facerank.api", "closest": "facerank.api", "classify": "facerank.api",
-    "embed": "facerank.api",
+    "embed": "facerank.api", "identify": "facerank.api",
+    "FaceAnswer": "facerank.store", "Face": "facerank.faces", "FaceStep": "facerank.faces",
+    "draw_faces": "facerank.drawing", "NoFaceError": "facerank.errors",
     "default_store_path": "facerank.api",
     "FaceStore": "facerank.store", "Match": "facerank.store", "Prediction": "facerank.store",
     "ChangeReport": "facerank.store", "Record": "facerank.store",

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from facerank.images import ImageInput
-from facerank.store import STATE_FILE, FaceStore, Match, Prediction
+from facerank.store import STATE_FILE, FaceAnswer, FaceStore, Match, Prediction
 from facerank.config import CONFIG_FILE
 
 DEFAULT_STORE = "facerank-store"
@@ -64,6 +64,17 @@ def classify(image: ImageInput | Sequence[ImageInput], *, top_k: int = 5,
     [Prediction(rank=0, person='s7', probability=0.97), Prediction(rank=1, ...)]
     """
     return open(store).classify(image, top_k=top_k)
+
+
+def identify(image: ImageInput | Sequence[ImageInput], *, k: int = 5, top_k: int = 5,
+             store: str | Path | None = None) -> list[FaceAnswer] | list[list[FaceAnswer]]:
+    """Every face in ``image``, largest first: its box and landmarks, the ``top_k`` people, the
+    ``k`` closest gallery images and, once calibrated, whether it is unknown.
+
+    >>> [(face.box, face.people[0].person) for face in facerank.identify("group.jpg")]
+    [((412, 88, 505, 181), 's7'), ((130, 102, 207, 179), 's2')]
+    """
+    return open(store).identify(image, k=k, top_k=top_k)
 
 
 def embed(image: ImageInput | Sequence[ImageInput], *, store: str | Path | None = None

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from facerank.errors import ImageError, StoreError
-from facerank.images import load_image
+from facerank.face_cache import read_file_input
 from facerank.train import TRAIN_FOLDER
 
 #: Pairwise distances grow as n²; beyond this many images a seeded sample is used.
@@ -50,10 +50,12 @@ def calibrate(store, *, far: float = 0.01, save: bool = True) -> Calibration:
     images, people = [], []
     for path, person in items:
         try:
-            images.append(load_image(path))
-            people.append(person)
+            image, _ = read_file_input(store.faces, path)  # the store's own face step
         except ImageError:
             continue
+        if image is not None:
+            images.append(image)
+            people.append(person)
     vectors = store.model.embed(images)
     labels = np.array(people)
     squared = (vectors ** 2).sum(1)

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from facerank.errors import StoreError
+from facerank.faces import FaceStep
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -45,6 +46,7 @@ class ModelConfig:
     int8_file: str = ""              # the ONNX model quantised to int8 (see facerank.precision)
     int8_fingerprint: str = ""       # sha256 of that file
     facerank_version: str = ""       # the version that saved it
+    faces: FaceStep = FaceStep()     # how faces are found and aligned first (see facerank.faces)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -62,6 +64,8 @@ class ModelConfig:
             parts.append(self.crop)
         if self.precision != "fp32":  # int8 vectors are not fp32's: they fill their own index
             parts.append(self.precision)
+        if self.faces.enabled:  # aligned faces are another input than whole frames
+            parts.append(self.faces.identity_parts())
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     @classmethod
@@ -69,6 +73,7 @@ class ModelConfig:
         known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
         for name in ("people", "mean", "std"):
             known[name] = tuple(known[name])
+        known["faces"] = FaceStep.from_json(known.get("faces"))
         return cls(**known)
 
 

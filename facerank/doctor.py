@@ -2,7 +2,10 @@
 
 Finds unreadable files, exact and near-duplicate images (a duplicate across two people is a
 likely mislabel), people with too few images to be split, extreme image sizes, and, when a
-trained store is given, images whose nearest neighbours all belong to another person.
+trained store is given, images whose nearest neighbours all belong to another person. With a
+face step (the store's, else dlib's HOG detector where the ``faces`` extra is installed) it also
+names the photos in which no face is found and those with several faces: notes while no-face
+photos are used whole, a finding when the store's policy skips them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from facerank.errors import ImageError
+from facerank.faces import FaceFinder, face_step
 from facerank.gallery import scan_gallery
 from facerank.images import load_image
 
@@ -32,7 +36,8 @@ NEAR_DUPLICATE_BITS = 10
 
 @dataclass
 class Finding:
-    kind: str  # folder, unreadable, duplicate, near_duplicate, too_few, extreme_size, likely_mislabel
+    kind: str  # folder, unreadable, duplicate, near_duplicate, too_few, extreme_size,
+               # likely_mislabel, no_face (only where the face step skips such photos)
     paths: list[str]
     detail: str
 
@@ -43,6 +48,9 @@ class DoctorReport:
     images: int
     people: int
     findings: list[Finding] = field(default_factory=list)
+    faces: str = ""                                         # the face step used, in words
+    no_face: list[str] = field(default_factory=list)        # photos with no face found
+    several_faces: list[str] = field(default_factory=list)  # the largest is taken as the person
 
     def count(self, kind: str) -> int:
         return sum(1 for f in self.findings if f.kind == kind)
@@ -69,8 +77,9 @@ def diagnose(gallery: str | Path, *, store=None, min_images: int = 2,
     >>> [f.detail for f in report.findings if f.kind == "duplicate"]
     """
     scanned = scan_gallery(gallery)
+    finder = store.faces if store is not None else FaceFinder(face_step("auto"), size=64)
     report = DoctorReport(gallery=str(scanned.root), images=len(scanned.images),
-                          people=len(scanned.people))
+                          people=len(scanned.people), faces=finder.step.describe())
     for path, reason in scanned.problems:
         report.findings.append(Finding("folder", [path], reason))
 
@@ -87,8 +96,17 @@ def diagnose(gallery: str | Path, *, store=None, min_images: int = 2,
             report.findings.append(Finding("unreadable", [str(item.path)],
                                            error.strerror or str(error)))
             continue
-        by_digest[hashlib.sha256(data).hexdigest()].append((str(item.path), item.person))
-        readable.append((str(item.path), item.person, image))
+        digest = hashlib.sha256(data).hexdigest()
+        by_digest[digest].append((str(item.path), item.person))
+        faces = finder.find(image, key=digest)
+        if finder.step.enabled and not faces:
+            report.no_face.append(str(item.path))
+            if finder.step.no_face == "skip":
+                report.findings.append(Finding("no_face", [str(item.path)], "no face found: "
+                                               "training and indexing skip this photo"))
+        elif len(faces) > 1:
+            report.several_faces.append(str(item.path))
+        readable.append((str(item.path), item.person, image, faces))
         width, height = image.size
         if min(width, height) < MIN_SIDE or max(width, height) / min(width, height) > MAX_ASPECT:
             report.findings.append(Finding("extreme_size", [str(item.path)],
@@ -103,8 +121,8 @@ def diagnose(gallery: str | Path, *, store=None, min_images: int = 2,
             report.findings.append(Finding("duplicate", [p for p, _ in copies], detail))
             exact_pairs |= {frozenset((a, b)) for a, _ in copies for b, _ in copies if a != b}
 
-    for i, j, bits in _near_pairs([difference_hash(image) for _, _, image in readable]):
-        (a, person_a, _), (b, person_b, _) = readable[i], readable[j]
+    for i, j, bits in _near_pairs([difference_hash(image) for _, _, image, _ in readable]):
+        (a, person_a, _, _), (b, person_b, _, _) = readable[i], readable[j]
         if frozenset((a, b)) in exact_pairs:
             continue
         detail = f"near-identical pictures ({bits} of {HASH_SIDE * HASH_SIDE} hash bits differ)"
@@ -113,7 +131,7 @@ def diagnose(gallery: str | Path, *, store=None, min_images: int = 2,
         report.findings.append(Finding("near_duplicate", [a, b], detail))
 
     counts = defaultdict(int)
-    for _, person, _ in readable:
+    for _, person, _, _ in readable:
         counts[person] += 1
     for person in scanned.people:
         if counts[person] < min_images:
@@ -130,6 +148,12 @@ def diagnose(gallery: str | Path, *, store=None, min_images: int = 2,
 def _find_mislabels(report: DoctorReport, readable, store, neighbours: int) -> None:
     from facerank.index import FaceIndex
 
+    # What the network sees of each photo: its face, through the store's own step.
+    inputs = [(path, person, store.faces.inputs(image, faces=faces))
+              for path, person, image, faces in readable]
+    readable = [(path, person, found[0].image) for path, person, found in inputs if found]
+    if len(readable) <= neighbours:
+        return
     vectors = store.model.embed([image for _, _, image in readable])
     index = FaceIndex(vectors.shape[1])
     index.add(np.arange(len(vectors)), vectors)

@@ -39,3 +39,11 @@ class StoreMismatchError(StoreError):
 
 class StoreLockedError(StoreError):
     """Another process is writing to the store."""
+
+
+class NoFaceError(ImageError):
+    """A photo in which the face step found no face, where the policy says to skip it."""
+
+    def __init__(self, source: str):
+        super().__init__(source, "no face found (the store's face step skips photos without "
+                                 "one; train with --no-face whole to use the whole image)")

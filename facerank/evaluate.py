@@ -16,7 +16,7 @@ import numpy as np
 from facerank import atomic
 from facerank.errors import ImageError, StoreError
 from facerank.gallery import scan_gallery
-from facerank.images import load_image
+from facerank.face_cache import read_file_input
 from facerank.index import FaceIndex
 from facerank.store import FaceStore
 from facerank.train import TRAIN_FOLDER
@@ -114,10 +114,15 @@ def _embed_items(store: FaceStore, items, batch_size, flip=False):
         images, names = [], []
         for path, person in items[start:start + batch_size]:
             try:
-                images.append(load_image(path))
-                names.append(person)
+                image, _ = read_file_input(store.faces, path)  # the store's own face step
             except ImageError as error:
                 skipped.append((path, error.reason))
+                continue
+            if image is None:
+                skipped.append((path, "no face found"))
+            else:
+                images.append(image)
+                names.append(person)
         if images:
             v, p = store.model.embed_and_classify(images, batch_size=batch_size)
             if flip:

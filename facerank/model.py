@@ -23,6 +23,7 @@ from facerank import atomic
 from facerank.config import (CONFIG_FILE, EMBEDDING_DIM, IMAGENET_MEAN, IMAGENET_STD,  # noqa: F401
                              ModelConfig, join_answers, read_config, resize_for_model)
 from facerank.errors import StoreError, StoreMismatchError, WeightsUnavailableError
+from facerank.faces import FaceStep
 
 
 def _torchvision_models():
@@ -177,14 +178,15 @@ class FaceModel:
     @classmethod
     def from_backbone(cls, people: Sequence[str], backbone_state: dict | None, origin: str, *,
                       image_size: int = 224, normalize_embeddings: bool = True,
-                      crop: float = 1.0, head: str = "linear", head_scale: float = 30.0
-                      ) -> "FaceModel":
+                      crop: float = 1.0, head: str = "linear", head_scale: float = 30.0,
+                      faces: FaceStep | None = None) -> "FaceModel":
         """A model over already-loaded backbone weights (see ``load_backbone_weights``)."""
         if not people:
             raise ValueError("a model needs at least one person")
         config = ModelConfig(people=tuple(people), image_size=image_size, crop=crop,
                              normalize_embeddings=normalize_embeddings, weights_origin=origin,
-                             head=head, head_scale=head_scale if head == "cosine" else 0.0)
+                             head=head, head_scale=head_scale if head == "cosine" else 0.0,
+                             faces=faces or FaceStep())
         return cls(build_network(len(people), backbone_state, head=head, head_scale=head_scale),
                    config)
 

@@ -83,7 +83,7 @@ def quantise(source: Path, target: Path, calibration_paths: Sequence[str | Path]
     except ImportError as error:
         raise ImportError('int8 needs ONNX Runtime and onnx: pip install "facerank[fast]"'
                           ) from error
-    images = calibration_pixels(calibration_paths, config)
+    images = calibration_pixels(calibration_paths, config, folder=Path(source).parent)
 
     class Batches(CalibrationDataReader):
         def __init__(self):
@@ -111,17 +111,21 @@ def quantise(source: Path, target: Path, calibration_paths: Sequence[str | Path]
     return hashlib.sha256(Path(target).read_bytes()).hexdigest()
 
 
-def calibration_pixels(paths: Sequence[str | Path], config: ModelConfig) -> np.ndarray:
-    """N x 3 x S x S float32 pixels of the images that load; unreadable ones are left out."""
-    from facerank.images import load_image
+def calibration_pixels(paths: Sequence[str | Path], config: ModelConfig, *,
+                       folder: str | Path | None = None) -> np.ndarray:
+    """N x 3 x S x S float32 pixels of the images that load, through the model's face step
+    (detections cached in ``folder``); unreadable ones are left out."""
+    from facerank.face_cache import face_finder, read_file_input
 
+    finder = face_finder(config, folder)
     batch = []
     for path in paths:
         try:
-            image = load_image(path)
+            image, _ = read_file_input(finder, path)
         except ImageError:
             continue  # a calibration sample, not a gallery entry: one fewer changes nothing
-        batch.append(resize_for_model(image, config.image_size, config.crop))
+        if image is not None:
+            batch.append(resize_for_model(image, config.image_size, config.crop))
     if not batch:
         raise StoreError("no readable images to calibrate int8 with; pass calibration_paths")
     return np.ascontiguousarray(np.stack(batch).transpose(0, 3, 1, 2), dtype=np.float32)

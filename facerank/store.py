@@ -29,7 +29,10 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from facerank import __version__, atomic
-from facerank.errors import ImageError, StoreError, StoreLockedError, StoreMismatchError
+from facerank.errors import (ImageError, NoFaceError, StoreError, StoreLockedError,
+                             StoreMismatchError)
+from facerank.face_cache import face_finder
+from facerank.faces import Face, FaceFinder
 from facerank.gallery import scan_gallery
 from facerank.images import ImageInput, describe, is_image_input, load_image
 from facerank.index import DEFAULT_FACTORY, FaceIndex, choose_index
@@ -85,6 +88,29 @@ class Verification:
     same: bool | None
 
 
+@dataclass(frozen=True)
+class FaceAnswer:
+    """The answer for one face of a photo: where it is, who it may be, what it is closest to.
+
+    ``face`` is None when the store has no face step or found no face and used the whole image
+    (then ``box`` is None). ``unknown`` is None until a threshold is calibrated.
+    """
+
+    face: Face | None
+    people: list[Prediction]
+    matches: list[Match]
+    unknown: bool | None
+
+    @property
+    def box(self) -> tuple[int, int, int, int] | None:
+        return self.face.box if self.face else None
+
+    def to_json(self) -> dict:
+        return {"face": self.face.to_json() if self.face else None,
+                "people": [asdict(p) for p in self.people],
+                "matches": [asdict(m) for m in self.matches], "unknown": self.unknown}
+
+
 @dataclass
 class ChangeReport:
     """What a write did: counts, and the files that were skipped with the reason."""
@@ -95,9 +121,21 @@ class ChangeReport:
     unchanged: int = 0
     reembedded: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    # With a face step: photos embedded whole because no face was found (policy "whole"; under
+    # "skip" they are in ``skipped``), and photos with several faces, of which the largest was
+    # taken as the person's.
+    no_face: list[str] = field(default_factory=list)
+    several_faces: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    def _deduplicate(self) -> "ChangeReport":
+        # A re-embed and the sync after it may meet the same faceless file twice in one write.
+        self.skipped = list(dict.fromkeys(self.skipped))
+        self.no_face = list(dict.fromkeys(self.no_face))
+        self.several_faces = list(dict.fromkeys(self.several_faces))
+        return self
 
 
 def file_sha256(path: str | Path) -> str:
@@ -119,13 +157,16 @@ class FaceStore:
     """
 
     def __init__(self, folder: Path, model, index: FaceIndex, records: dict[int, Record],
-                 state: dict, *, device: str = "cpu", runtime: str | None = None):
+                 state: dict, *, device: str = "cpu", runtime: str | None = None,
+                 faces: FaceFinder | None = None):
         self.folder = folder
         self.model = model  # a FaceModel (torch) or an OnnxFaceModel: see facerank.runtime
         self._device, self._runtime = device, runtime
         self._index = index
         self._records = records
         self._state = state
+        # The model's face step, with detections cached in the store (see facerank.face_cache).
+        self.faces: FaceFinder = faces or face_finder(model.config, folder)
         # Queries from many threads may run while one thread writes: searches and writes take
         # turns on this lock, so a query never sees half of a change.
         self._mutex = threading.RLock()
@@ -147,8 +188,11 @@ class FaceStore:
                                  f"{folder}` to make one")
             raise StoreError(f"{folder} is not a facerank store (no {CONFIG_FILE}); run "
                              f"`facerank train GALLERY --store {folder}`")
+        # The face detector loads on another thread while the network loads.
+        faces = face_finder(read_config(folder), folder)
+        faces.preload()
         model = load_model(folder, device=device, runtime=runtime)
-        opened = {"device": device, "runtime": runtime}
+        opened = {"device": device, "runtime": runtime, "faces": faces}
         for attempt in range(5):
             state = _read_state(folder)
             if state is None:
@@ -218,42 +262,88 @@ class FaceStore:
             "weights_origin": config.weights_origin, "model_fingerprint": config.fingerprint,
             "runtime": self.model.runtime, "precision": self.model.precision,
             "index_factory": self._state.get("index_factory", DEFAULT_FACTORY),
-            "index_is_stale": self.is_stale, "images_per_person": dict(sorted(counts.items())),
+            "index_is_stale": self.is_stale, "faces": config.faces.to_json(),
+            "images_per_person": dict(sorted(counts.items())),
         }
 
     # -- queries ---------------------------------------------------------------------------------
 
     def embed(self, images: ImageInput | Sequence[ImageInput], *, batch_size: int = 32) -> np.ndarray:
         """Embeddings as stored in the index: 1-D for one image, 2-D for a list."""
-        single, loaded = _load_all(images)
-        vectors = self.model.embed(loaded, batch_size=batch_size)
+        single, inputs = self._model_inputs(images)
+        vectors = self.model.embed(inputs, batch_size=batch_size)
         return vectors[0] if single else vectors
 
     def closest(self, images: ImageInput | Sequence[ImageInput], *, k: int = 5
                 ) -> list[Match] | list[list[Match]]:
         """The ``k`` nearest gallery images of each query (a list per query for a list)."""
         self._check_queryable()
-        single, loaded = _load_all(images)
-        vectors = self.model.embed(loaded)
+        single, inputs = self._model_inputs(images)
+        vectors = self.model.embed(inputs)
         answers = self._search(vectors, k)
         return answers[0] if single else answers
 
     def classify(self, images: ImageInput | Sequence[ImageInput], *, top_k: int = 5
                  ) -> list[Prediction] | list[list[Prediction]]:
         """The ``top_k`` most probable people of each query, by the fine-tuned head."""
-        single, loaded = _load_all(images)
-        _, probabilities = self.model.embed_and_classify(loaded)
+        single, inputs = self._model_inputs(images)
+        _, probabilities = self.model.embed_and_classify(inputs)
         answers = [self._predictions(row, top_k) for row in probabilities]
         return answers[0] if single else answers
 
     def query(self, images: ImageInput | Sequence[ImageInput], *, k: int = 5, top_k: int = 5):
         """``(closest, classify)`` from one forward pass per image."""
         self._check_queryable()
-        single, loaded = _load_all(images)
-        vectors, probabilities = self.model.embed_and_classify(loaded)
+        single, inputs = self._model_inputs(images)
+        vectors, probabilities = self.model.embed_and_classify(inputs)
         matches = self._search(vectors, k)
         predictions = [self._predictions(row, top_k) for row in probabilities]
         return (matches[0], predictions[0]) if single else (matches, predictions)
+
+    def identify(self, images: ImageInput | Sequence[ImageInput], *, k: int = 5, top_k: int = 5,
+                 every: bool = True) -> list[FaceAnswer] | list[list[FaceAnswer]]:
+        """One answer per face in each photo, largest face first: box, landmarks, top people,
+        closest gallery images and, once calibrated, whether the face is unknown.
+
+        A photo without a face gives ``[]`` (under the ``skip`` policy) or one answer for the
+        whole image (under ``whole``, with ``face`` None). ``every=False``: the largest face only.
+
+        >>> for face in store.identify("group.jpg"):
+        ...     print(face.box, face.people[0].person, face.matches[0].path)
+        """
+        self._check_queryable()
+        single, loaded = _load_all(images)
+        per_photo = [self.faces.inputs(image, every=every) for image in loaded]
+        flat = [item for inputs in per_photo for item in inputs]
+        vectors, probabilities = self.model.embed_and_classify([item.image for item in flat])
+        matches = self._search(vectors, k) if flat else []
+        answers, position = [], 0
+        for inputs in per_photo:
+            photo = []
+            for item in inputs:
+                nearest = matches[position]
+                photo.append(FaceAnswer(
+                    face=item.face, people=self._predictions(probabilities[position], top_k),
+                    matches=nearest, unknown=self.is_unknown(nearest[0] if nearest else None)))
+                position += 1
+            answers.append(photo)
+        return answers[0] if single else answers
+
+    def find_faces(self, image: ImageInput) -> list[Face]:
+        """Every face the store's face step finds in ``image``, largest first (no network)."""
+        return self.faces.find(load_image(image))
+
+    def _model_inputs(self, images) -> tuple[bool, list]:
+        """(was it one image, the network's input for each): its largest face, aligned."""
+        single, loaded = _load_all(images)
+        sources = [images] if single else list(images)
+        inputs = []
+        for source, image in zip(sources, loaded):
+            found = self.faces.inputs(image)
+            if not found:
+                raise NoFaceError(describe(source))
+            inputs.append(found[0].image)
+        return single, inputs
 
     def verify(self, image_a: ImageInput, image_b: ImageInput) -> Verification:
         """Same person or not, by the distance between the two face prints.
@@ -261,7 +351,7 @@ class FaceStore:
         >>> store.verify("a.jpg", "b.jpg")
         Verification(distance=0.21, threshold=0.24, same=True)
         """
-        vectors = self.model.embed([load_image(image_a), load_image(image_b)])
+        vectors = self.model.embed(self._model_inputs([image_a, image_b])[1])
         distance = float(np.linalg.norm(vectors[0] - vectors[1]))
         threshold = self.threshold
         return Verification(distance=distance, threshold=threshold,
@@ -330,7 +420,7 @@ class FaceStore:
             self._fit_index(len(self._records) + len(paths), report, show_progress, commit_every)
             self._ingest(list(zip(paths, people)), report, show_progress, commit_every)
             self._commit()
-            return report
+            return report._deduplicate()
 
     def remove(self, *, ids: Iterable[int] = (), paths: Iterable[str | Path] = (),
                person: str | None = None) -> ChangeReport:
@@ -368,7 +458,7 @@ class FaceStore:
             self._fit_index(len(present) + outside, report, show_progress, commit_every)
             self._ingest(todo, report, show_progress, commit_every)
             self._commit()
-            return report
+            return report._deduplicate()
 
     def _ingest(self, items: list[tuple[Path, str]], report: ChangeReport, show_progress: bool,
                 commit_every: int):
@@ -398,16 +488,28 @@ class FaceStore:
         # One thread reads, hashes and decodes the next chunk while this one is embedded: the
         # network and the decoders release the GIL, so the two overlap (see
         # benchmarks/results/query_latency.md for what it saves).
-        with progress, ThreadPoolExecutor(max_workers=1) as reader:
+        # With a face step, finding faces costs as much as embedding them: two reader threads
+        # (dlib releases the GIL) detect the next chunk on both cores while this one embeds.
+        readers = 2 if self.faces.step.enabled else 1
+        with progress, ThreadPoolExecutor(max_workers=readers) as reader:
             task = progress.add("embedding", len(pending))
             since_commit = 0
-            upcoming = reader.submit(_read_chunk, chunks[0]) if chunks else None
+
+            def read_ahead(chunk):
+                return [reader.submit(_read_file, item, self.faces) for item in chunk]
+
+            upcoming = read_ahead(chunks[0]) if chunks else None
             for number, chunk in enumerate(chunks):
-                outcomes = upcoming.result()
+                outcomes = [future.result() for future in upcoming]
                 if number + 1 < len(chunks):
-                    upcoming = reader.submit(_read_chunk, chunks[number + 1])
+                    upcoming = read_ahead(chunks[number + 1])
                 images, records, replaced = [], [], []
                 for outcome in outcomes:
+                    if self.faces.step.enabled and outcome.faces_found == 0 and (
+                            outcome.image is not None or outcome.skipped == NO_FACE):
+                        report.no_face.append(str(outcome.path))
+                    elif outcome.faces_found > 1:
+                        report.several_faces.append(str(outcome.path))
                     if outcome.skipped is not None:
                         report.skipped.append((str(outcome.path), outcome.skipped))
                     elif outcome.image is None:
@@ -556,6 +658,7 @@ class FaceStore:
         on_disk = _read_state(self.folder)
         if read_config(self.folder).fingerprint != self.model.config.fingerprint:
             self.model = load_model(self.folder, device=self._device, runtime=self._runtime)
+            self.faces = face_finder(self.model.config, self.folder)
         if on_disk is None or on_disk.get("generation") == self._state.get("generation"):
             return
         index, records = _read_generation(self.folder, on_disk)
@@ -649,30 +752,40 @@ class _Read:
     path: Path
     person: str
     old: Record | None
-    image: object = None           # a PIL image to embed
+    image: object = None           # a PIL image to embed: the aligned face, or the whole image
+    faces_found: int = 0           # how many faces the face step found
     sha256: str = ""
     size: int = 0
     mtime_ns: int = 0
     skipped: str | None = None     # why the file was skipped
 
 
-def _read_chunk(chunk: list[tuple[Path, str, Record | None]]) -> list[_Read]:
-    """Stat, hash and decode files; no store state is touched (this runs on a reader thread)."""
-    outcomes = []
-    for path, person, old in chunk:
-        outcome = _Read(path, person, old)
-        try:
-            info = os.stat(path)
-            outcome.size, outcome.mtime_ns = info.st_size, info.st_mtime_ns
-            outcome.sha256 = file_sha256(path)
-            if not (old is not None and old.sha256 == outcome.sha256 and old.person == person):
-                outcome.image = load_image(path)
-        except ImageError as error:
-            outcome.skipped = error.reason
-        except OSError as error:
-            outcome.skipped = error.strerror or str(error)
-        outcomes.append(outcome)
-    return outcomes
+NO_FACE = "no face found"
+
+
+def _read_file(item: tuple[Path, str, Record | None], faces: FaceFinder) -> _Read:
+    """Stat, hash, decode a file and find its face; no store state is touched (this runs on a
+    reader thread)."""
+    path, person, old = item
+    outcome = _Read(path, person, old)
+    try:
+        info = os.stat(path)
+        outcome.size, outcome.mtime_ns = info.st_size, info.st_mtime_ns
+        outcome.sha256 = file_sha256(path)
+        if not (old is not None and old.sha256 == outcome.sha256 and old.person == person):
+            image = load_image(path)
+            found = faces.find(image, key=outcome.sha256)
+            outcome.faces_found = len(found)
+            inputs = faces.inputs(image, faces=found)
+            if inputs:
+                outcome.image = inputs[0].image
+            else:
+                outcome.skipped = NO_FACE
+    except ImageError as error:
+        outcome.skipped = error.reason
+    except OSError as error:
+        outcome.skipped = error.strerror or str(error)
+    return outcome
 
 
 def _absolute(path: str | Path) -> Path:

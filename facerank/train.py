@@ -36,8 +36,9 @@ from torch import nn
 
 from facerank import atomic
 from facerank.errors import GalleryError, ImageError, StoreMismatchError
+from facerank.face_cache import DetectionCache, read_file_input
+from facerank.faces import FaceFinder, FaceStep, face_step
 from facerank.gallery import GalleryImage, scan_gallery, split_gallery
-from facerank.images import load_image
 from facerank.model import (FaceModel, features_and_logits, load_backbone_weights,
                             resize_for_model)
 from facerank.progress import Progress
@@ -156,26 +157,58 @@ class TrainResult:
     bf16: bool
     test_accuracy: float | None = None  # of the saved model, on the held-out split
     cache_seconds: float | None = None  # one-off cost of cached_features (not in any epoch)
+    faces: dict | None = None           # the face step saved with the model (FaceStep.to_json)
+    no_face: list[str] | None = None    # photos with no face found (see FaceStep.no_face)
+    several_faces: list[str] | None = None  # photos with several faces: the largest was kept
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
+@dataclass
+class FaceCounts:
+    """Gallery photos the face step found no face in, or several (the largest was kept)."""
+
+    no_face: list[str]
+    several_faces: list[str]
+
+
 def decode_images(images: list[GalleryImage], size: int, on_step: Callable[[], None] | None = None,
-                  *, crop: float = 1.0
+                  *, crop: float = 1.0, finder: FaceFinder | None = None,
+                  counts: FaceCounts | None = None
                   ) -> tuple[list[GalleryImage], torch.Tensor, list[tuple[str, str]]]:
-    """Decode and resize gallery images once; unreadable files are skipped and reported."""
+    """Decode gallery images once, through the face step, and resize them; unreadable files
+    (and, under the ``skip`` policy, photos without a face) are skipped and reported."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    finder = finder or FaceFinder(FaceStep(), size=size)
+    counts = counts if counts is not None else FaceCounts([], [])
     kept, arrays, skipped = [], [], []
-    for item in images:
+
+    def read(item: GalleryImage):
         try:
-            image = load_image(item.path)
+            return read_file_input(finder, item.path)
         except ImageError as error:
-            skipped.append((str(item.path), error.reason))
-        else:
-            kept.append(item)
-            arrays.append(resize_for_model(image, size, crop))
-        if on_step:
-            on_step()
+            return error
+
+    # Two threads: finding faces (dlib releases the GIL) and decoding use both cores.
+    with ThreadPoolExecutor(max_workers=2 if finder.step.enabled else 1) as pool:
+        for item, outcome in zip(images, pool.map(read, images)):
+            if isinstance(outcome, ImageError):
+                skipped.append((str(item.path), outcome.reason))
+            else:
+                image, found = outcome
+                if finder.step.enabled and found == 0:
+                    counts.no_face.append(str(item.path))
+                elif found > 1:
+                    counts.several_faces.append(str(item.path))
+                if image is None:
+                    skipped.append((str(item.path), "no face found"))
+                else:
+                    kept.append(item)
+                    arrays.append(resize_for_model(image, size, crop))
+            if on_step:
+                on_step()
     if not arrays:
         return kept, torch.zeros((0, 3, size, size), dtype=torch.uint8), skipped
     return kept, torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), skipped
@@ -401,14 +434,17 @@ def _malloc_keeps_freed_memory():
 
 def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = None, *,
           weights: str = "imagenet", resume: bool = False, show_progress: bool = False,
-          normalize_embeddings: bool = True, checkpoint_every: float = 60.0) -> TrainResult:
+          normalize_embeddings: bool = True, checkpoint_every: float = 60.0,
+          faces: FaceStep | str = "auto") -> TrainResult:
     """Fine-tune ResNet50 on a one-folder-per-person gallery and save the model into ``store``.
 
     Writes ``store/model.json`` + weights, and under ``store/train/``: ``history.json`` (per-epoch
     loss and accuracy), ``curves.png``, ``split.json`` (which files were held out) and the
     ``checkpoint.pt`` (written at most every ``checkpoint_every`` seconds). With ``resume=True`` an
     interrupted run continues from that checkpoint (with ``cached_features``, after rebuilding
-    the same cache). The saved model is the last epoch's, or with ``keep="best"`` the one with
+    the same cache). ``faces``: the face step (a ``FaceStep``, or a detector name for
+    ``facerank.faces.face_step``; ``"auto"`` aligns faces where dlib is installed); it is saved
+    with the model, and detections are cached in ``store/faces.sqlite``. The saved model is the last epoch's, or with ``keep="best"`` the one with
     the best held-out accuracy.
 
     >>> result = train("gallery/", "faces/", preset("freeze", cached_features=True))
@@ -421,15 +457,25 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
     # Weights first: a missing download should fail in seconds, not after decoding the gallery.
     backbone_state, weights_origin = load_backbone_weights(weights)
 
+    step = faces if isinstance(faces, FaceStep) else face_step(faces)
+    finder = FaceFinder(step, size=config.image_size,
+                        cache=DetectionCache(store / "faces.sqlite") if step.enabled else None)
+    if step.enabled:
+        store.mkdir(parents=True, exist_ok=True)
+    counts = FaceCounts([], [])
+
     scanned = scan_gallery(gallery)
     split = split_gallery(scanned, test_fraction=config.test_fraction, seed=config.seed)
     progress = Progress(show_progress)
     with progress:
-        task = progress.add("decoding", len(split.train) + len(split.test))
+        task = progress.add("finding faces" if step.enabled else "decoding",
+                            len(split.train) + len(split.test))
         train_items, train_pixels, skipped = decode_images(
-            list(split.train), config.image_size, lambda: progress.advance(task), crop=config.crop)
+            list(split.train), config.image_size, lambda: progress.advance(task), crop=config.crop,
+            finder=finder, counts=counts)
         test_items, test_pixels, skipped_test = decode_images(
-            list(split.test), config.image_size, lambda: progress.advance(task), crop=config.crop)
+            list(split.test), config.image_size, lambda: progress.advance(task), crop=config.crop,
+            finder=finder, counts=counts)
     skipped += skipped_test
     people = sorted({item.person for item in train_items})
     if len(people) < 2:
@@ -447,7 +493,7 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
                                     image_size=config.image_size, crop=config.crop,
                                     normalize_embeddings=normalize_embeddings,
                                     head="linear" if config.loss == "softmax" else "cosine",
-                                    head_scale=config.scale)
+                                    head_scale=config.scale, faces=step)
     network = model.network.to(memory_format=torch.channels_last)
     parameters = _set_trainable(network, config.trainable)
     optimizer = _make_optimizer(parameters, config)
@@ -461,7 +507,8 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
     first_epoch = 1
     checkpoint_path = run_dir / "checkpoint.pt"
     checkpoint_meta = json.dumps({"people": people, "config": asdict(config),
-                                  "weights_origin": model.config.weights_origin})
+                                  "weights_origin": model.config.weights_origin,
+                                  "faces": step.to_json()})
     if resume and checkpoint_path.exists():
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         if checkpoint["meta"] != checkpoint_meta:
@@ -568,7 +615,8 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
         history=history, kept_epoch=kept_epoch, people=people, train_images=len(train_items),
         test_images=len(test_items), skipped=skipped, train_only=list(split.train_only),
         seconds=round(time.perf_counter() - started, 2), weights_origin=model.config.weights_origin,
-        bf16=use_bf16, test_accuracy=test_accuracy, cache_seconds=cache_seconds)
+        bf16=use_bf16, test_accuracy=test_accuracy, cache_seconds=cache_seconds,
+        faces=step.to_json(), no_face=counts.no_face, several_faces=counts.several_faces)
     atomic.write_json(run_dir / "history.json", {"config": asdict(config), **result.to_json()})
     atomic.write_json(run_dir / "split.json", {
         "seed": config.seed, "test_fraction": config.test_fraction,
