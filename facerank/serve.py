@@ -23,16 +23,30 @@ from typing import Sequence
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from facerank import __version__, atomic
-from facerank.errors import FacerankError, ImageError, StoreLockedError
+from facerank.errors import FacerankError, ImageError, NoFaceError, StoreLockedError
 from facerank.images import load_image
-from facerank.store import FaceStore
+from facerank.store import FaceAnswer, FaceStore, Match
 
 DEFAULT_MAX_UPLOAD = 10 * 1024 * 1024
 THUMBNAIL_SIDE = 160
 UPLOAD_FOLDER = "uploads"
 PAGE = Path(__file__).parent / "web" / "index.html"
+NO_FACE_DETAIL = ("no face found in {}: this store answers for faces only; try a photo where a "
+                  "face is larger and seen from the front")
+
+# The error answers every photo endpoint may give, for the OpenAPI schema.
+_PHOTO_ERRORS = {
+    413: {"description": "A photo is larger than the server's upload limit."},
+    415: {"description": "A photo cannot be read as an image."},
+}
+_NO_FACE = {
+    422: {"description": "No face found in a photo, where the store's face step skips photos "
+                         "without one (`detail`: \"no face found ...\"); or an invalid "
+                         "parameter."},
+}
 
 
 class _Served:
@@ -99,11 +113,26 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
 
     @app.exception_handler(FacerankError)
     async def facerank_error(request: Request, error: FacerankError):
+        if isinstance(error, NoFaceError):
+            # The store's message names the in-memory upload and a training flag: neither
+            # means anything to a client.
+            return JSONResponse({"detail": NO_FACE_DETAIL.format("the photo")}, status_code=422)
         status = 409 if isinstance(error, StoreLockedError) else 400
         return JSONResponse({"detail": str(error)}, status_code=status)
 
     def thumbnail_url(name: str, record_id: int) -> str:
         return f"/api/stores/{name}/thumbnails/{record_id}"
+
+    def match_json(name: str, match: Match) -> dict:
+        # The file's name only: the server's folders are none of the client's business.
+        return {"rank": match.rank, "person": match.person, "distance": match.distance,
+                "id": match.id, "file": Path(match.path).name,
+                "thumbnail": thumbnail_url(name, match.id)}
+
+    def face_json(name: str, answer: FaceAnswer) -> dict:
+        data = answer.to_json()
+        del data["matches"]  # full paths: replaced by closest entries shaped as /closest's
+        return {**data, "closest": [match_json(name, m) for m in answer.matches]}
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -128,13 +157,15 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
         info.pop("store", None)  # the server's folder is none of the client's business
         return {"name": entry.name, **info}
 
-    @app.post("/api/stores/{name}/identify")
+    @app.post("/api/stores/{name}/identify", responses={**_PHOTO_ERRORS, **_NO_FACE})
     async def identify(photo: UploadFile = File(...), top_k: int = Query(5, ge=1, le=100),
                        entry: _Served = Depends(get_store)):
         """Who is it: the top people with probabilities from the fine-tuned classifier.
 
-        `unknown` is true when the nearest gallery image lies beyond the store's calibrated
-        threshold (`facerank calibrate`), null when no threshold has been calibrated.
+        With a face step, the answer is for the largest face in the photo (`/faces` answers
+        for every face). `unknown` is true when the nearest gallery image lies beyond the
+        store's calibrated threshold (`facerank calibrate`), null when no threshold has been
+        calibrated.
         """
         image = await read_photo(photo)
         matches, predictions = entry.store.query(image, k=1, top_k=top_k)
@@ -144,22 +175,48 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
                 "nearest_distance": nearest.distance if nearest else None,
                 "threshold": entry.store.threshold}
 
-    @app.post("/api/stores/{name}/closest")
+    @app.post("/api/stores/{name}/closest", responses={**_PHOTO_ERRORS, **_NO_FACE})
     async def closest(photo: UploadFile = File(...), k: int = Query(5, ge=1, le=100),
                       entry: _Served = Depends(get_store)):
         """The k nearest gallery images, with distances, people and thumbnail URLs."""
         image = await read_photo(photo)
         matches = entry.store.closest(image, k=k)
-        return {"closest": [{"rank": m.rank, "person": m.person, "distance": m.distance,
-                             "id": m.id, "file": Path(m.path).name,
-                             "thumbnail": thumbnail_url(entry.name, m.id)} for m in matches]}
+        return {"closest": [match_json(entry.name, m) for m in matches]}
 
-    @app.post("/api/stores/{name}/verify")
+    @app.post("/api/stores/{name}/faces", responses=_PHOTO_ERRORS)
+    async def faces(photo: UploadFile = File(...), k: int = Query(5, ge=1, le=100),
+                    top_k: int = Query(5, ge=1, le=100), entry: _Served = Depends(get_store)):
+        """Every face in the photo, largest first: where it is, who it may be, what it is
+        closest to.
+
+        `width` and `height` are the photo's, in pixels. Each entry of `faces` has `face` (its
+        `box` as [left, top, right, bottom] in those pixels, the detector's `confidence`, and 5
+        `landmarks` as [x, y]), the `top_k` `people` with probabilities, the `k` `closest`
+        gallery images (shaped as `/closest` gives them), and `unknown` (as in `/identify`).
+
+        A photo without a face is not an error here: `faces` is `[]` when the store's face
+        step skips such photos, or holds one answer for the whole image, with `face` null,
+        when it uses the whole image (always so for a store without a face step).
+        """
+        image = await read_photo(photo)
+        # Finding and embedding several faces takes a while: off the event loop.
+        answers = await run_in_threadpool(entry.store.identify, image, k=k, top_k=top_k)
+        return {"width": image.width, "height": image.height,
+                "faces": [face_json(entry.name, answer) for answer in answers],
+                "threshold": entry.store.threshold}
+
+    @app.post("/api/stores/{name}/verify", responses={**_PHOTO_ERRORS, **_NO_FACE})
     async def verify(photo_a: UploadFile = File(...), photo_b: UploadFile = File(...),
                      entry: _Served = Depends(get_store)):
         """How far apart two faces are; `same` once the store has a calibrated threshold."""
-        verdict = entry.store.verify(await read_photo(photo_a, "photo_a"),
-                                     await read_photo(photo_b, "photo_b"))
+        image_a = await read_photo(photo_a, "photo_a")
+        image_b = await read_photo(photo_b, "photo_b")
+        try:
+            verdict = entry.store.verify(image_a, image_b)
+        except NoFaceError:
+            # Say which photo: the store's error cannot tell two uploads apart.
+            faceless = "photo_a" if not entry.store.find_faces(image_a) else "photo_b"
+            raise HTTPException(422, NO_FACE_DETAIL.format(faceless)) from None
         return asdict(verdict)
 
     @app.get("/api/stores/{name}/thumbnails/{record_id}", responses={200: {"content": {"image/jpeg": {}}}})
@@ -180,7 +237,8 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
 
     # -- changing --------------------------------------------------------------------------------
 
-    @app.post("/api/stores/{name}/people/{person}/images", dependencies=[Depends(require_token)])
+    @app.post("/api/stores/{name}/people/{person}/images", dependencies=[Depends(require_token)],
+              responses=_PHOTO_ERRORS)
     async def enrol(person: str, photos: list[UploadFile] = File(...),
                     entry: _Served = Depends(get_store)):
         """Add photos of a person (new or existing) to the index."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +14,15 @@ from PIL import Image
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from facerank.config import CONFIG_FILE, read_config  # noqa: E402
+from facerank.faces import LANDMARKS  # noqa: E402
 from facerank.serve import create_app  # noqa: E402
+from facerank.store import FaceStore  # noqa: E402
 
 TOKEN = "s3cret"
+# Who stands where in the group photo, left to right: ORL gallery photos (all indexed by
+# ``store_copy``), enlarged by different amounts.
+GROUP = [("s2", "5.pgm", 1.6), ("s4", "5.pgm", 1.5), ("s5", "7.pgm", 1.4)]
 
 
 @pytest.fixture
@@ -34,6 +43,42 @@ def _auth():
     return {"Authorization": f"Bearer {TOKEN}"}
 
 
+def group_photo(path: Path, gallery: Path, group=GROUP, size=(640, 480)
+                ) -> list[tuple[int, int, int, int]]:
+    """Real ORL faces pasted well apart on a grey photo (PNG, so browsers show it too);
+    returns where each one was pasted, as (left, top, right, bottom).
+
+    Each face gets a black backdrop a fifth of its width wide: an aligned chip reaches past
+    the edges of a tight ORL crop, which the gallery's chips fill with black. Without it the
+    tiny test model meets a new background, and a few faces (about 1 in 4 on plain grey)
+    land nearer someone else; this tests the server, not that.
+    """
+    canvas = Image.new("RGB", size, (128, 128, 128))
+    places, slot = [], size[0] // len(group)
+    for number, (person, file, scale) in enumerate(group):
+        face = Image.open(gallery / person / file).convert("RGB")
+        face = face.resize((round(face.width * scale), round(face.height * scale)),
+                           Image.BICUBIC)
+        left = number * slot + (slot - face.width) // 2
+        top = (size[1] - face.height) // 2 + (20 if number % 2 else -20)
+        margin = face.width // 5
+        canvas.paste((0, 0, 0), (left - margin, top - margin, left + face.width + margin,
+                                 top + face.height + margin))
+        canvas.paste(face, (left, top))
+        places.append((left, top, left + face.width, top + face.height))
+    canvas.save(path)
+    return places
+
+
+def _png(image: Image.Image) -> tuple[str, bytes, str]:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return ("photo.png", buffer.getvalue(), "image/png")
+
+
+NO_FACE = Image.new("RGB", (120, 90), (128, 128, 128))  # flat grey: nothing to find
+
+
 def test_health_stores_info_and_openapi(client):
     assert client.get("/api/health").json()["stores"] == [client.store_name]
     stores = client.get("/api/stores").json()
@@ -42,7 +87,10 @@ def test_health_stores_info_and_openapi(client):
     assert info["images_per_person"]["s1"] == 10 and "store" not in info
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/api/stores/{name}/identify", "/api/stores/{name}/closest",
-            "/api/stores/{name}/verify", "/api/stores/{name}/people/{person}/images"} <= set(paths)
+            "/api/stores/{name}/faces", "/api/stores/{name}/verify",
+            "/api/stores/{name}/people/{person}/images"} <= set(paths)
+    assert "422" in paths["/api/stores/{name}/identify"]["post"]["responses"]
+    assert {"413", "415"} <= set(paths["/api/stores/{name}/faces"]["post"]["responses"])
     assert "<title>facerank</title>" in client.get("/").text
 
 
@@ -165,3 +213,83 @@ def test_several_stores_are_served_side_by_side(store_copy, trained, tmp_path):
         assert first["person"] == "s1" and other["person"] != "s1"
     with pytest.raises(ValueError, match="same folder name"):
         create_app([store.folder, tmp_path / "x" / store.folder.name])
+
+
+def test_faces_answers_every_face_of_a_group_photo(client, tmp_path):
+    name = client.store_name
+    places = group_photo(tmp_path / "group.png", client.gallery)
+    photo = {"photo": _photo(tmp_path / "group.png")}
+    answer = client.post(f"/api/stores/{name}/faces?k=3&top_k=2", files=photo)
+    assert answer.status_code == 200, answer.text
+    answer = answer.json()
+    assert (answer["width"], answer["height"]) == (640, 480) and answer["threshold"] is None
+    faces = answer["faces"]
+    assert len(faces) == len(GROUP)
+    boxes = [found["face"]["box"] for found in faces]
+    areas = [(right - left) * (bottom - top) for left, top, right, bottom in boxes]
+    assert areas == sorted(areas, reverse=True)  # largest first
+    closest_keys = set(client.post(f"/api/stores/{name}/closest?k=1", files=photo)
+                       .json()["closest"][0])
+    # The single-answer endpoints answer for the largest face: the first.
+    largest = client.post(f"/api/stores/{name}/identify?top_k=2", files=photo).json()["people"]
+    assert [p["person"] for p in largest] == [p["person"] for p in faces[0]["people"]]
+    # Left to right, as pasted: each box in the photo, around the face pasted there.
+    ordered = sorted(faces, key=lambda found: found["face"]["box"][0])
+    for found, (person, _, _), place in zip(ordered, GROUP, places):
+        left, top, right, bottom = found["face"]["box"]
+        assert 0 <= left < right <= 640 and 0 <= top < bottom <= 480
+        centre = ((left + right) / 2, (top + bottom) / 2)
+        assert place[0] < centre[0] < place[2] and place[1] < centre[1] < place[3]
+        assert list(found["face"]["landmarks"]) == list(LANDMARKS)
+        assert 0 < found["face"]["confidence"]
+        assert len(found["people"]) == 2 and len(found["closest"]) == 3
+        assert found["unknown"] is None  # not calibrated yet
+        nearest = found["closest"][0]
+        assert set(nearest) == closest_keys and "path" not in nearest
+        assert nearest["person"] == person, found["closest"]
+
+
+@pytest.fixture
+def skipping_client(tmp_path, trained, gallery):
+    """The session's model with the policy "skip" for photos without a face; s1 indexed."""
+    folder = tmp_path / "skipping"
+    shutil.copytree(trained[0], folder)
+    config = read_config(folder)
+    skip = {**config.to_json(), "faces": {**config.faces.to_json(), "no_face": "skip"}}
+    (folder / CONFIG_FILE).write_text(json.dumps(skip))
+    FaceStore.open(folder).add(sorted((gallery / "s1").glob("*.pgm"))[:4], person="s1")
+    with TestClient(create_app([folder])) as test_client:
+        test_client.store_name = folder.name
+        yield test_client
+
+
+def test_a_photo_without_a_face_under_the_whole_image_policy(client):
+    # The session store's policy: the whole image is answered for, with no face.
+    name = client.store_name
+    answer = client.post(f"/api/stores/{name}/faces", files={"photo": _png(NO_FACE)}).json()
+    [whole] = answer["faces"]
+    assert whole["face"] is None and whole["people"] and whole["closest"]
+    identified = client.post(f"/api/stores/{name}/identify", files={"photo": _png(NO_FACE)})
+    assert identified.status_code == 200
+    assert [p["person"] for p in identified.json()["people"]] == \
+        [p["person"] for p in whole["people"]]
+
+
+def test_a_photo_without_a_face_under_the_skip_policy(skipping_client, gallery):
+    client, name = skipping_client, skipping_client.store_name
+    answer = client.post(f"/api/stores/{name}/faces", files={"photo": _png(NO_FACE)})
+    assert answer.status_code == 200 and answer.json()["faces"] == []
+    for endpoint in ("identify", "closest"):
+        refused = client.post(f"/api/stores/{name}/{endpoint}", files={"photo": _png(NO_FACE)})
+        assert refused.status_code == 422, refused.text
+        detail = refused.json()["detail"]
+        assert detail.startswith("no face found in the photo") and "\n" not in detail
+    refused = client.post(f"/api/stores/{name}/verify",
+                          files={"photo_a": _photo(gallery / "s1" / "1.pgm"),
+                                 "photo_b": _png(NO_FACE)})
+    assert refused.status_code == 422 and refused.json()["detail"].startswith(
+        "no face found in photo_b")
+    # A face is still answered for, by the same store.
+    found = client.post(f"/api/stores/{name}/faces",
+                        files={"photo": _photo(gallery / "s1" / "1.pgm")}).json()["faces"]
+    assert [face["closest"][0]["person"] for face in found] == ["s1"]
