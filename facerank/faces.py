@@ -353,9 +353,25 @@ def alignment_matrix(face: Face, size: int, step: FaceStep) -> np.ndarray:
 
 
 def align(image: Image.Image, face: Face, size: int, step: FaceStep | None = None) -> Image.Image:
-    """The face cut out upright: a ``size`` x ``size`` RGB image, eyes level, fixed framing."""
+    """The face cut out upright: a ``size`` x ``size`` RGB image, eyes level, fixed framing.
+
+    Where the chip reaches past the photo's edge (a tight crop such as ORL's, a face at the
+    border), the photo's edge pixels are repeated rather than filled black: black borders would
+    teach the network a frame that faces in ordinary photos do not have (on ORL, a fifth of a
+    chip on average).
+    """
     step = step or FaceStep(detector="dlib-hog")
     matrix = alignment_matrix(face, size, step)
+    corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]]) @ matrix.T
+    width, height = image.size
+    left = int(np.ceil(max(0.0, -corners[:, 0].min())))
+    top = int(np.ceil(max(0.0, -corners[:, 1].min())))
+    right = int(np.ceil(max(0.0, corners[:, 0].max() - width)))
+    bottom = int(np.ceil(max(0.0, corners[:, 1].max() - height)))
+    if left or top or right or bottom:
+        padded = np.pad(np.asarray(image), ((top, bottom), (left, right), (0, 0)), mode="edge")
+        image = Image.fromarray(padded)
+        matrix = matrix + np.array([[0, 0, left], [0, 0, top]])
     # Shrinking by more than 2x in one affine step aliases: reduce the photo by an integer
     # factor first (a box filter), then resample.
     scale = math.hypot(matrix[0, 0], matrix[1, 0])
