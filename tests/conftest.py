@@ -1,7 +1,7 @@
 """Shared fixtures: a real ORL gallery slice and one small trained store per test session.
 
 The slice comes from `examples/gallery` (a credited ORL subset shipped with the repo), so the
-suite needs neither the network nor `../shared/data`. Training is tiny (48 px, 24 epochs) to keep
+suite needs neither the network nor `../shared/data`. Training is tiny (48 px, 16 epochs) to keep
 the whole suite within a few minutes on 2 CPU cores; the invariants tested do not depend on size.
 """
 
@@ -21,9 +21,7 @@ EXAMPLE_GALLERY = REPO / "examples" / "gallery"
 PEOPLE = ["s1", "s2", "s3", "s4", "s5"]
 
 # Small but real: 5 ORL people, 7 training images each, 48 px, from random initialisation.
-# 24 epochs: on aligned faces (the default face step) 16 left held-out accuracy between 53% and
-# 80% depending on the seed and the chip's framing; 24 gave 73% with the default framing.
-TINY = dict(image_size=48, epochs=24, batch_size=8, lr=2e-3)
+TINY = dict(image_size=48, epochs=16, batch_size=8, lr=2e-3)
 
 
 def copy_gallery(destination: Path, people=PEOPLE, per_person: int = 10) -> Path:
