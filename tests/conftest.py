@@ -1,7 +1,7 @@
 """Shared fixtures: a real ORL gallery slice and one small trained store per test session.
 
 The slice comes from `examples/gallery` (a credited ORL subset shipped with the repo), so the
-suite needs neither the network nor `../shared/data`. Training is tiny (48 px, 16 epochs) to keep
+suite needs neither the network nor `../shared/data`. Training is tiny (64 px, 24 epochs) to keep
 the whole suite within a few minutes on 2 CPU cores; the invariants tested do not depend on size.
 """
 
@@ -20,8 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_GALLERY = REPO / "examples" / "gallery"
 PEOPLE = ["s1", "s2", "s3", "s4", "s5"]
 
-# Small but real: 5 ORL people, 7 training images each, 48 px, from random initialisation.
-TINY = dict(image_size=48, epochs=16, batch_size=8, lr=2e-3)
+# Small but real: 5 ORL people, 7 training images each, from random initialisation.
+# 64 px (the default recipe's size) and 24 epochs: on aligned faces, 48 px and 16 epochs left
+# the held-out answers a coin toss from run to run (47-80% with the same seed).
+TINY = dict(image_size=64, epochs=24, batch_size=8, lr=2e-3)
 
 
 def copy_gallery(destination: Path, people=PEOPLE, per_person: int = 10) -> Path:

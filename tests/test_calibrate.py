@@ -38,7 +38,7 @@ def test_strangers_are_rejected_more_often_at_a_stricter_threshold(store_copy):
     for far in (0.01, 0.2):
         calibrate(store, far=far)
         rejected[far] = np.mean([store.is_unknown(match) for match in nearest])
-    # The tiny test model (48 px, 5 people, from scratch) rejects few strangers; the point
+    # The tiny test model (64 px, 5 people, from scratch) rejects few strangers; the point
     # here is that the threshold does what it says, not how good this model is.
     assert rejected[0.01] > 0 and rejected[0.01] >= rejected[0.2]
 

@@ -25,15 +25,16 @@ def test_training_beats_chance_by_a_wide_margin(trained, tmp_path, gallery):
     # 5 people: chance is 20%. Held-out images were never trained on.
     assert result.test_images == 15 and result.train_images == 35
     assert result.weights_origin == "none"
-    # The session model learns aligned 48 px faces from 35 photos: its held-out accuracy swung
-    # between 47% and 80% from run to run with the same seed (the threaded kernels' summation
-    # order, amplified by so small a set), so its bar is twice chance.
+    # The session model learns aligned faces from 35 photos: its held-out accuracy varies from
+    # run to run with the same seed (the threaded kernels' summation order, amplified by so
+    # small a set), so its bar is twice chance.
     assert result.test_accuracy >= 0.4, result.history
     # The same recipe on whole images (the behaviour before the face step) is steadier.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        whole = train(gallery, tmp_path / "whole", preset("scratch", **TINY), weights="none",
-                      faces="none")
+        whole = train(gallery, tmp_path / "whole",
+                      preset("scratch", **{**TINY, "image_size": 48, "epochs": 16}),
+                      weights="none", faces="none")
     assert whole.test_accuracy >= 0.6, whole.history
 
 
