@@ -48,9 +48,9 @@ def group_photo(path: Path, gallery: Path, group=GROUP, size=(640, 480)
     """Real ORL faces pasted well apart on a grey photo (PNG, so browsers show it too);
     returns where each one was pasted, as (left, top, right, bottom).
 
-    Each face gets a black backdrop a fifth of its width wide: an aligned chip reaches past
-    the edges of a tight ORL crop, which the gallery's chips fill with black. Without it the
-    tiny test model meets a new background, and a few faces (about 1 in 4 on plain grey)
+    Each face is pasted with its own edge pixels repeated a fifth of its width around it: an
+    aligned chip reaches past the edges of a tight ORL crop, which the gallery's chips fill by
+    repeating the edge. Without it the tiny test model meets a new background, and some faces
     land nearer someone else; this tests the server, not that.
     """
     canvas = Image.new("RGB", size, (128, 128, 128))
@@ -62,9 +62,9 @@ def group_photo(path: Path, gallery: Path, group=GROUP, size=(640, 480)
         left = number * slot + (slot - face.width) // 2
         top = (size[1] - face.height) // 2 + (20 if number % 2 else -20)
         margin = face.width // 5
-        canvas.paste((0, 0, 0), (left - margin, top - margin, left + face.width + margin,
-                                 top + face.height + margin))
-        canvas.paste(face, (left, top))
+        framed = np.pad(np.asarray(face), ((margin, margin), (margin, margin), (0, 0)),
+                        mode="edge")
+        canvas.paste(Image.fromarray(framed), (left - margin, top - margin))
         places.append((left, top, left + face.width, top + face.height))
     canvas.save(path)
     return places
