@@ -320,9 +320,9 @@ def query(
         answers = opened.identify(photo, k=k, top_k=top_k, every=all_faces)
         if not answers or (step.enabled and answers[0].face is None):
             faceless.append(str(photo))
-        faces = [{**answer.to_json(), "closest": answer.to_json()["matches"]} for answer in answers]
+        faces = [answer.to_json() for answer in answers]
         for face in faces:
-            face.pop("matches")
+            face["closest"] = face.pop("matches")  # the CLI's JSON has always said "closest"
         if all_faces:
             results.append({"photo": str(photo), "faces": faces, "threshold": opened.threshold})
         else:
