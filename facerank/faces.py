@@ -46,9 +46,10 @@ TEMPLATE = np.array([
 #: as a 2-megapixel one, and faces under 1/20 of the frame are not what a gallery holds.
 MAX_DETECT_SIDE = 1600
 #: Smaller photos (longer side) are upsampled once before detection: dlib's HOG detector finds
-#: faces from about 80 px, and a tight 92 x 112 crop's face is smaller. A 250 x 250 news photo
-#: (a ~110 px face) is not: upsampled, LFW took 4x the time and found faces in 99% of photos,
-#: as it is 100% (benchmarks/results/face_detection.md).
+#: faces from about 80 px, and a tight 92 x 112 crop's face is smaller. LFW's 250 x 250 photos
+#: fall under it too, though they need it less: upsampled, detection takes ~4x the time and finds
+#: faces in 99% of them, as it is 100% (benchmarks/results/face_detection*.md). Lowering this
+#: (to ~200) is the next speed-up; the tests' group photos would then need larger faces.
 UPSAMPLE_BELOW = 400
 
 
