@@ -110,7 +110,7 @@ def cpu_counters() -> dict:
 def load_between(before: dict, after: dict) -> dict:
     """How loaded the machine was between two ``cpu_counters``: load averages, and the share of
     all cores that this run and other processes kept busy."""
-    wall, cores = after["wall"] - before["wall"], os.cpu_count() or 1
+    wall = after["wall"] - before["wall"]
     ours = after["ours"] - before["ours"]
     others = max(0.0, after["busy"] - before["busy"] - ours)
     return {"seconds": round(wall, 1),
@@ -511,7 +511,7 @@ def markdown(results: dict, command: str) -> str:
               f"{1000 * loading['hog_detector_from_saved_file_load_s']:.1f} ms, same boxes on all "
               f"{parts[0]['images']} photos: "
               f"{'yes' if loading['saved_file_same_boxes_on_all_photos'] else 'NO'}."]
-    build, first, second = results["build"], results["build"]["first"], results["build"]["second"]
+    first, second = results["build"]["first"], results["build"]["second"]
     peer = results["peer"]
     detect_each = first["detection_seconds_summed_over_threads"] / max(first["detections"], 1)
     goal = "meets" if first["seconds"] < GOAL_BUILD_S * first["added"] / 10_000 else "misses"
