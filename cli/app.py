@@ -111,22 +111,24 @@ def _report_skipped(skipped) -> None:
 def train(
     gallery: Path = typer.Argument(..., help="Folder with one sub-folder of images per person."),
     store: Optional[Path] = StoreOption,
-    preset: str = typer.Option("auto", help="Recipe: sgd, freeze, scratch, or auto (scratch for "
-                               "--weights none, else sgd)."),
+    preset: str = typer.Option("auto", help="Recipe: sgd, freeze, scratch, finetune, or auto "
+                               "(scratch for --weights none, finetune for a facerank base, else "
+                               "sgd)."),
     weights: str = typer.Option("imagenet", help="Backbone start: imagenet (downloaded once to "
-                                "$TORCH_HOME), none (random), or a path to a ResNet50 state dict."),
+                                "$TORCH_HOME), none (random), a facerank base folder (`facerank "
+                                "pretrain`), or a path to a ResNet50 state dict."),
     epochs: Optional[int] = typer.Option(None, help="Override the preset's epochs."),
     image_size: Optional[int] = typer.Option(None, help="Override the preset's input size (px)."),
     lr: Optional[float] = typer.Option(None, help="Override the preset's learning rate."),
     batch_size: Optional[int] = typer.Option(None, help="Override the preset's batch size."),
     test_fraction: float = typer.Option(0.3, help="Held-out share of each person's images."),
     seed: int = typer.Option(0, help="Seed for the split, initialisation and augmentation."),
-    shear: float = typer.Option(0.0, help="Random shear augmentation, degrees."),
-    zoom: float = typer.Option(0.0, help="Random zoom augmentation, +- fraction."),
+    shear: Optional[float] = typer.Option(None, help="Random shear augmentation, degrees."),
+    zoom: Optional[float] = typer.Option(None, help="Random zoom augmentation, +- fraction."),
     loss: Optional[str] = typer.Option(None, help="softmax (preset default), cosface or arcface: "
                                        "a cosine head trained with a margin."),
     margin: Optional[float] = typer.Option(None, help="cosface/arcface margin (default 0.2)."),
-    crop: float = typer.Option(1.0, help="Keep the centred square of this share of each image "
+    crop: Optional[float] = typer.Option(None, help="Keep the centred square of this share of each image "
                                "before resizing (0.5 for LFW-style 250 px face frames); saved "
                                "with the model and applied to queries too."),
     balanced: bool = typer.Option(False, "--balanced", help="Draw people evenly in each epoch, "
@@ -144,8 +146,12 @@ def train(
                               "none (the whole image). Saved with the model; queries use it too."),
     face_model: Optional[Path] = typer.Option(None, help="Weights file of a face detector that "
                                               "needs one (dlib-cnn: mmod_human_face_detector.dat)."),
-    no_face: str = typer.Option("whole", help="A photo with no face found: whole (use the whole "
-                                "image; right for tight crops) or skip."),
+    no_face: Optional[str] = typer.Option(None, help="A photo with no face found: whole (use the "
+                                          "whole image; right for tight crops; the default) "
+                                          "or skip."),
+    allow_base_mismatch: bool = typer.Option(
+        False, "--allow-base-mismatch", help="Fine-tune a facerank base with another input "
+        "size, crop or face step than it was pretrained with."),
     as_json: bool = JsonOption,
 ):
     """Fine-tune ResNet50 on GALLERY and save the model into the store.
@@ -156,24 +162,23 @@ def train(
       facerank train photos/ --store faces/ --weights none --epochs 40
       facerank train lfw/ --store faces/ --weights none --loss cosface --balanced
       facerank train photos/ --store faces/ --faces dlib-hog --no-face skip
+      facerank train photos/ --store faces/ --weights base/     # fine-tune a face prior
     """
-    from facerank.faces import face_step
-    from facerank.train import preset as make_preset, train as run_training
+    from facerank.faces import FaceStep
+    from facerank.train import recipe, train as run_training
 
-    name = ("scratch" if weights == "none" else "sgd") if preset == "auto" else preset
     overrides = {k: v for k, v in dict(epochs=epochs, image_size=image_size, lr=lr,
                                        batch_size=batch_size, feature_views=feature_views,
-                                       loss=loss, margin=margin).items() if v is not None}
-    if overrides.get("loss", "softmax") != "softmax":
-        overrides.setdefault("margin", 0.2)
-        overrides.setdefault("label_smoothing", 0.0)
-    config = make_preset(name, test_fraction=test_fraction, seed=seed, shear=shear, zoom=zoom,
-                         cached_features=cached_features, crop=crop, balanced=balanced,
-                         keep=keep, **overrides)
-    step = face_step(faces, model_file=face_model, no_face=no_face)
+                                       loss=loss, margin=margin, shear=shear, zoom=zoom,
+                                       crop=crop).items() if v is not None}
+    config = recipe(weights, preset, test_fraction=test_fraction, seed=seed,
+                    cached_features=cached_features, balanced=balanced, keep=keep, **overrides)
+    name = config.preset
     folder = _store_path(store)
     result = run_training(gallery, folder, config, weights=weights, resume=resume,
-                          show_progress=not as_json, faces=step)
+                          show_progress=not as_json, faces=faces, face_model=face_model,
+                          no_face=no_face, allow_base_mismatch=allow_base_mismatch)
+    step = FaceStep.from_json(result.faces)
     if as_json:
         _emit_json({"store": str(folder), "preset": name, **result.to_json()})
         return
@@ -190,6 +195,77 @@ def train(
         typer.echo(f"trained on but not tested (one image each): {', '.join(result.train_only)}")
     typer.echo(f"model saved in {folder}; curves in {folder / 'train' / 'curves.png'}")
     typer.echo(f"next: facerank index build {gallery} --store {folder}")
+
+
+@app.command()
+@handles_errors
+def pretrain(
+    corpus: Path = typer.Argument(..., help="A face corpus: one sub-folder of photos per person "
+                                  "(thousands of people)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the base (base.json + "
+                             "weights), its history, curves and checkpoint."),
+    weights: str = typer.Option("imagenet", help="Start from: imagenet (downloaded once to "
+                                "$TORCH_HOME), none (random), a file, or another base."),
+    loss: str = typer.Option("cosface", help="Margin loss: cosface (margin 0.35) or arcface "
+                             "(margin 0.3 rad)."),
+    margin: Optional[float] = typer.Option(None, help="Override the loss's margin."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (default 20)."),
+    image_size: Optional[int] = typer.Option(None, help="Aligned face size in px (default 64); "
+                                             "fine-tuning uses the same."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size (default 64)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default 2e-3)."),
+    min_photos: int = typer.Option(2, help="People with fewer photos are left out."),
+    held_out: float = typer.Option(0.05, help="Share of the people never trained on, whose "
+                                   "pairs are scored each epoch."),
+    seed: int = typer.Option(0, help="Seed for the held-out people, initialisation and "
+                             "augmentation."),
+    faces: str = typer.Option("auto", help="Face step (as for train): auto, dlib-hog, dlib-cnn "
+                              "or none. Saved with the base; fine-tuning uses it too."),
+    face_model: Optional[Path] = typer.Option(None, help="Weights file of a face detector that "
+                                              "needs one (dlib-cnn)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run from its checkpoint."),
+    as_json: bool = JsonOption,
+):
+    """Pretrain a face prior on many people's faces; save it as a base for `train --weights`.
+
+    Each epoch prints the loss and how well the face prints tell apart people held out of
+    training (pairs of their photos: accuracy at the best threshold, and ROC AUC).
+
+    Examples:
+      facerank pretrain corpus/ --out base/ --weights none --epochs 20
+      facerank pretrain corpus/ --out base/ --weights none --resume
+      facerank train photos/ --store faces/ --weights base/
+    """
+    from facerank.faces import face_step
+    from facerank.pretrain import pretrain as run_pretraining, pretrain_recipe
+
+    overrides = {k: v for k, v in dict(epochs=epochs, image_size=image_size, lr=lr,
+                                       batch_size=batch_size, margin=margin).items()
+                 if v is not None}
+    config = pretrain_recipe(loss=loss, test_fraction=held_out, seed=seed, **overrides)
+
+    def report(row: dict) -> None:
+        if not as_json:
+            score = (f"; unseen people's pairs {row['pair_accuracy']:.1%} (AUC "
+                     f"{row['pair_auc']:.3f})" if "pair_auc" in row else "")
+            typer.echo(f"epoch {row['epoch']}/{config.epochs}: loss {row['train_loss']:.3f}, "
+                       f"train top-1 {row['train_accuracy']:.1%}{score} "
+                       f"[{row['seconds']:.0f}s]")
+
+    result = run_pretraining(corpus, out, config, weights=weights, min_photos=min_photos,
+                             faces=face_step(faces, model_file=face_model), resume=resume,
+                             show_progress=not as_json, on_epoch=report)
+    if as_json:
+        _emit_json({"out": str(out), **result.to_json()})
+        return
+    _report_skipped(result.skipped)
+    from facerank.base import BaseConfig
+
+    base = BaseConfig.from_json(result.base)
+    _report_faces(result.no_face, result.several_faces, whole=base.faces.no_face == "whole")
+    typer.echo(base.describe())
+    typer.echo(f"base saved in {out} in {result.seconds:.0f}s; curves in {out / 'curves.png'}")
+    typer.echo(f"next: facerank train PHOTOS/ --store faces/ --weights {out}")
 
 
 # -- index ---------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from PIL import Image
 from torch import nn
 
 from facerank import atomic
+from facerank.base import base_folder, read_base
 from facerank.config import (CONFIG_FILE, EMBEDDING_DIM, IMAGENET_MEAN, IMAGENET_STD,  # noqa: F401
                              ModelConfig, join_answers, read_config, resize_for_model)
 from facerank.errors import StoreError, StoreMismatchError, WeightsUnavailableError
@@ -98,8 +99,9 @@ def load_backbone_weights(weights: str) -> tuple[dict | None, str]:
     """Resolve ``weights`` to (state dict or None, origin label).
 
     ``"imagenet"``: torchvision's ``ResNet50_Weights.DEFAULT``, downloaded once and cached under
-    ``$TORCH_HOME/hub/checkpoints``; ``"none"``: random initialisation; anything else: the path
-    of a ResNet50 state dict (``.pth``/``.pt``, or ``.safetensors``).
+    ``$TORCH_HOME/hub/checkpoints``; ``"none"``: random initialisation; a facerank base (the
+    folder ``facerank pretrain`` wrote, see ``facerank.base``); anything else: the path of a
+    ResNet50 state dict (``.pth``/``.pt``, or ``.safetensors``).
     """
     if weights == "none":
         warnings.warn("training from random initialisation: expect far lower accuracy than "
@@ -108,10 +110,14 @@ def load_backbone_weights(weights: str) -> tuple[dict | None, str]:
         return None, "none"
     if weights == "imagenet":
         return _imagenet_state(), "imagenet:ResNet50_Weights.DEFAULT"
+    folder = base_folder(weights)
+    if folder is not None:
+        state, base = read_base(folder)
+        return state, f"base:{folder.name}@{base.fingerprint[:12]}"
     path = Path(weights)
     if not path.is_file():
-        raise ValueError(f"weights must be 'imagenet', 'none' or the path of a weights file; "
-                         f"{weights!r} is none of these")
+        raise ValueError(f"weights must be 'imagenet', 'none', a facerank base folder or the path "
+                         f"of a weights file; {weights!r} is none of these")
     return _read_state_file(path), f"file:{path.name}"
 
 

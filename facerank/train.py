@@ -1,12 +1,16 @@
 """Fine-tuning recipes (presets), the training loop, checkpoints and per-epoch history.
 
-Three presets. Two are the method's, and assume ImageNet weights:
+Four presets. Two are the method's, and assume ImageNet weights:
 
 * ``sgd``    — SGD, momentum 0.9, lr 0.01, batch 10, 6 epochs, every layer trainable;
 * ``freeze`` — Adam lr 1e-4, batch 10, 6 epochs, all frozen but the last residual stage + head.
 
 The third, ``scratch``, is for random initialisation (no ImageNet weights to be had): 64 px,
 batch 32, 40 epochs, AdamW with a one-cycle schedule and bf16 autocast where the CPU has AMX.
+
+The fourth, ``finetune``, is for a face prior made by ``facerank pretrain`` (a *base*): a
+CosFace head at lr 2e-3, the backbone at a tenth of that, 15 epochs at the base's input size.
+``recipe(weights)`` picks it whenever the weights are a base, as ``scratch`` for ``none``.
 
 With ``trainable="last_stage"`` (the ``freeze`` preset) ``cached_features=True`` runs the frozen
 stem..layer3 once per image and augmented view instead of once per image per epoch, and trains
@@ -35,6 +39,7 @@ import torch
 from torch import nn
 
 from facerank import atomic
+from facerank.base import base_folder, differences, read_base_config
 from facerank.errors import GalleryError, ImageError, StoreMismatchError
 from facerank.face_cache import DetectionCache, read_file_input
 from facerank.faces import FaceFinder, FaceStep, face_step
@@ -76,6 +81,11 @@ class TrainConfig:
     shift: float = 0.1              # random shift, as a fraction of the image side
     shear: float = 0.0              # random shear, degrees (0 = off)
     zoom: float = 0.0               # random zoom, ± fraction (0 = off)
+    greyscale: float = 0.0          # probability of turning an image grey (ORL-like photos)
+    colour: float = 0.0             # random brightness and contrast, ± fraction (0 = off)
+    backbone_lr: float = 1.0        # the backbone's learning rate as a share of ``lr`` (the
+                                    # head's): below 1 a pretrained face prior moves less than
+                                    # the new head (see ``finetune``)
     bf16: bool | None = None        # bf16 autocast; None = where the CPU has native bf16 (AMX)
     test_fraction: float = 0.3      # stratified per person
     seed: int = 0
@@ -111,6 +121,8 @@ class TrainConfig:
             raise ValueError(f"crop must be between 0.1 and 1 (a share of the image); got {self.crop}")
         if self.feature_views < 1:
             raise ValueError(f"feature_views must be >= 1; got {self.feature_views}")
+        if not 0.0 < self.backbone_lr <= 1.0:
+            raise ValueError(f"backbone_lr must be in (0, 1] (a share of lr); got {self.backbone_lr}")
 
 
 PRESETS: dict[str, TrainConfig] = {
@@ -121,14 +133,53 @@ PRESETS: dict[str, TrainConfig] = {
     "scratch": TrainConfig(preset="scratch", optimizer="adamw", lr=2e-3, weight_decay=0.05,
                            batch_size=32, epochs=40, schedule="onecycle", image_size=64,
                            label_smoothing=0.1),
+    # From a facerank base (``facerank pretrain``): the new head learns at lr, the pretrained
+    # backbone at a tenth of it, so a few hundred photos adjust the face prior without
+    # overwriting it; a CosFace head like the base's own. The image size is the base's.
+    "finetune": TrainConfig(preset="finetune", optimizer="adamw", lr=2e-3, weight_decay=0.05,
+                            batch_size=32, epochs=15, schedule="onecycle", image_size=64,
+                            loss="cosface", margin=0.2, backbone_lr=0.1, zoom=0.1),
 }
 
 
+MARGIN = 0.2  # a CosFace/ArcFace head's margin when a recipe asks for the loss but not a margin
+
+
 def preset(name: str, **overrides) -> TrainConfig:
-    """A named recipe with some fields changed: ``preset("sgd", epochs=10)``."""
+    """A named recipe with some fields changed: ``preset("sgd", epochs=10)``.
+
+    Asking for a margin loss (``loss="cosface"``/``"arcface"``) on a softmax preset without a
+    margin gives it ``MARGIN`` and no label smoothing, as the margin heads are meant to train.
+    """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    if overrides.get("loss", "softmax") != "softmax" and PRESETS[name].loss == "softmax":
+        overrides.setdefault("margin", MARGIN)
+        overrides.setdefault("label_smoothing", 0.0)
     return replace(PRESETS[name], **overrides)
+
+
+def default_preset(weights: str) -> str:
+    """The preset ``"auto"`` stands for: ``scratch`` from random initialisation, ``finetune``
+    from a facerank base, the method's ``sgd`` from ImageNet or another weights file."""
+    if weights == "none":
+        return "scratch"
+    return "finetune" if base_folder(weights) is not None else "sgd"
+
+
+def recipe(weights: str = "imagenet", name: str = "auto", **overrides) -> TrainConfig:
+    """The recipe a run from ``weights`` gets: preset ``name`` (``"auto"``: ``default_preset``)
+    with ``overrides``. From a base, the input size and crop are the base's unless overridden.
+
+    >>> recipe("base/", epochs=20)   # finetune at the base's input size
+    """
+    name = default_preset(weights) if name == "auto" else name
+    folder = base_folder(weights)
+    if folder is not None:
+        base = read_base_config(folder)
+        overrides.setdefault("image_size", base.image_size)
+        overrides.setdefault("crop", base.crop)
+    return preset(name, **overrides)
 
 
 def bf16_is_native() -> bool:
@@ -235,6 +286,13 @@ def augment(batch: torch.Tensor, config: TrainConfig) -> torch.Tensor:
                                  shear=[shear, 0.0], interpolation=F.InterpolationMode.BILINEAR)
             else:
                 image = _shift(image, int(dx), int(dy))
+        if config.colour:
+            gain, offset = ((torch.rand(2) * 2 - 1) * config.colour).tolist()
+            mean = image.float().mean()
+            image = ((image.float() - mean) * (1 + gain) + mean * (1 + offset)).clamp(0, 255).to(
+                torch.uint8)
+        if config.greyscale and torch.rand(()) < config.greyscale:
+            image = F.rgb_to_grayscale(image, num_output_channels=3)
         out[i] = image
     return out
 
@@ -299,6 +357,18 @@ def _train_mode(network: nn.Module, trainable: str) -> None:
                 module.eval()
 
 
+def _parameter_groups(network: nn.Module, config: TrainConfig) -> list[dict]:
+    """The trainable parameters, as one group at ``lr`` or, with ``backbone_lr`` < 1, the head at
+    ``lr`` and the backbone at ``lr * backbone_lr``."""
+    head = [p for p in network.fc.parameters() if p.requires_grad]
+    head_ids = {id(p) for p in head}
+    backbone = [p for p in network.parameters() if p.requires_grad and id(p) not in head_ids]
+    if config.backbone_lr == 1.0:
+        return [{"params": backbone + head, "lr": config.lr}]
+    return [{"params": backbone, "lr": config.lr * config.backbone_lr},
+            {"params": head, "lr": config.lr}]
+
+
 def _make_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         kind, options = torch.optim.SGD, dict(momentum=config.momentum)
@@ -316,7 +386,8 @@ def _make_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
 def _make_schedule(optimizer, config: TrainConfig, steps_per_epoch: int):
     if config.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+            optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
+            epochs=config.epochs, steps_per_epoch=steps_per_epoch,
             pct_start=0.2)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
@@ -398,6 +469,45 @@ def _evaluate(model: FaceModel, inputs: torch.Tensor, labels: torch.Tensor, use_
     return total_loss / max(len(inputs), 1), correct / max(len(inputs), 1)
 
 
+def train_epoch(model: FaceModel, pixels: torch.Tensor, labels: torch.Tensor, order: torch.Tensor,
+                config: TrainConfig, optimizer: torch.optim.Optimizer, schedule,
+                loss_fn: nn.Module, *, use_bf16: bool, cached_view: torch.Tensor | None = None,
+                on_step: Callable[[], None] | None = None) -> tuple[float, float]:
+    """One pass over ``order`` in batches: (mean training loss, training accuracy).
+
+    ``pixels`` are uint8 images, augmented per batch; with ``cached_view`` (layer3 outputs of
+    augmented images, see ``cached_features``) only layer4 and the head run.
+    """
+    network = model.network
+    _train_mode(network, config.trainable)
+    seen, loss_sum, correct = 0, 0.0, 0
+    for start in range(0, len(order), config.batch_size):
+        batch = order[start:start + config.batch_size]
+        if len(batch) < 2 and len(order) > 1:
+            if on_step:
+                on_step()
+            continue  # batch norm cannot learn from a batch of one
+        y = labels[batch]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            if cached_view is not None:
+                logits = _last_stage(network, cached_view[batch].contiguous(
+                    memory_format=torch.channels_last))
+            else:
+                _, logits = features_and_logits(network, model.normalise(
+                    augment(pixels[batch], config)))
+        loss = loss_fn(margin_logits(logits.float(), y, config), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        seen += len(batch)
+        loss_sum += loss.item() * len(batch)
+        correct += int((logits.argmax(1) == y).sum())
+        if on_step:
+            on_step()
+    return loss_sum / max(seen, 1), correct / max(seen, 1)
+
+
 # mallopt(3) parameters (glibc's malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _GLIBC_MMAP_MAX, _GLIBC_TRIM_THRESHOLD = 65536, 128 * 1024  # glibc's defaults
@@ -435,7 +545,8 @@ def _malloc_keeps_freed_memory():
 def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = None, *,
           weights: str = "imagenet", resume: bool = False, show_progress: bool = False,
           normalize_embeddings: bool = True, checkpoint_every: float = 60.0,
-          faces: FaceStep | str = "auto") -> TrainResult:
+          faces: FaceStep | str = "auto", face_model: str | Path | None = None,
+          no_face: str | None = None, allow_base_mismatch: bool = False) -> TrainResult:
     """Fine-tune ResNet50 on a one-folder-per-person gallery and save the model into ``store``.
 
     Writes ``store/model.json`` + weights, and under ``store/train/``: ``history.json`` (per-epoch
@@ -443,13 +554,18 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
     ``checkpoint.pt`` (written at most every ``checkpoint_every`` seconds). With ``resume=True`` an
     interrupted run continues from that checkpoint (with ``cached_features``, after rebuilding
     the same cache). ``faces``: the face step (a ``FaceStep``, or a detector name for
-    ``facerank.faces.face_step``; ``"auto"`` aligns faces where dlib is installed); it is saved
-    with the model, and detections are cached in ``store/faces.sqlite``. The saved model is the last epoch's, or with ``keep="best"`` the one with
-    the best held-out accuracy.
+    ``facerank.faces.face_step``, with ``face_model`` and ``no_face``; ``"auto"`` is a base's
+    own step, else aligned faces where dlib is installed); it is saved with the model, and
+    detections are cached in ``store/faces.sqlite``. The saved model is the last epoch's, or with
+    ``keep="best"`` the one with the best held-out accuracy.
+
+    From a facerank base (``weights`` = the folder ``facerank pretrain`` wrote) the recipe
+    defaults to ``finetune`` and the preprocessing to the base's; a run that asks for another
+    input size, crop or face step is refused unless ``allow_base_mismatch``.
 
     >>> result = train("gallery/", "faces/", preset("freeze", cached_features=True))
     """
-    config = config or PRESETS["sgd"]
+    config = config or recipe(weights)
     started = time.perf_counter()
     store = Path(store)
     run_dir = store / TRAIN_FOLDER
@@ -457,7 +573,21 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
     # Weights first: a missing download should fail in seconds, not after decoding the gallery.
     backbone_state, weights_origin = load_backbone_weights(weights)
 
-    step = faces if isinstance(faces, FaceStep) else face_step(faces)
+    folder = base_folder(weights)
+    base = read_base_config(folder) if folder is not None else None
+    if isinstance(faces, FaceStep):
+        step = faces if no_face is None else replace(faces, no_face=no_face)
+    elif faces == "auto" and base is not None and face_model is None:
+        step = replace(base.faces, no_face=no_face or base.faces.no_face)
+    else:
+        step = face_step(faces, model_file=face_model, no_face=no_face or "whole")
+    if base is not None and not allow_base_mismatch:
+        found = differences(base, image_size=config.image_size, crop=config.crop, faces=step)
+        if found:
+            raise StoreMismatchError(
+                f"{folder} was pretrained on other inputs than this run asks for "
+                f"({'; '.join(found)}): drop the override to fine-tune as the base was made, "
+                "or pass allow_base_mismatch=True (--allow-base-mismatch) to adapt it anyway")
     finder = FaceFinder(step, size=config.image_size,
                         cache=DetectionCache(store / "faces.sqlite") if step.enabled else None)
     if step.enabled:
@@ -495,8 +625,8 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
                                     head="linear" if config.loss == "softmax" else "cosine",
                                     head_scale=config.scale, faces=step)
     network = model.network.to(memory_format=torch.channels_last)
-    parameters = _set_trainable(network, config.trainable)
-    optimizer = _make_optimizer(parameters, config)
+    _set_trainable(network, config.trainable)
+    optimizer = _make_optimizer(_parameter_groups(network, config), config)
     steps_per_epoch = math.ceil(len(train_items) / config.batch_size)
     schedule = _make_schedule(optimizer, config, steps_per_epoch)
     use_bf16 = bf16_is_native() if config.bf16 is None else config.bf16
@@ -546,34 +676,13 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
         task = progress.add("training", (config.epochs - first_epoch + 1) * steps_per_epoch)
         for epoch in range(first_epoch, config.epochs + 1):
             epoch_started = time.perf_counter()
-            _train_mode(network, config.trainable)
             order = _epoch_order(train_labels, config.balanced, shuffle)
-            seen, loss_sum, correct = 0, 0.0, 0
-            for start in range(0, len(order), config.batch_size):
-                batch = order[start:start + config.batch_size]
-                if len(batch) < 2 and len(order) > 1:
-                    progress.advance(task)
-                    continue  # batch norm cannot learn from a batch of one
-                y = train_labels[batch]
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                    if train_views is not None:
-                        view = train_views[(epoch - 1) % len(train_views)]
-                        logits = _last_stage(network, view[batch].contiguous(
-                            memory_format=torch.channels_last))
-                    else:
-                        x = model.normalise(augment(train_pixels[batch], config))
-                        _, logits = features_and_logits(network, x)
-                loss = loss_fn(margin_logits(logits.float(), y, config), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                seen += len(batch)
-                loss_sum += loss.item() * len(batch)
-                correct += int((logits.argmax(1) == y).sum())
-                progress.advance(task)
-            row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1),
-                   "train_accuracy": correct / max(seen, 1), "lr": optimizer.param_groups[0]["lr"]}
+            view = train_views[(epoch - 1) % len(train_views)] if train_views is not None else None
+            train_loss, train_accuracy = train_epoch(
+                model, train_pixels, train_labels, order, config, optimizer, schedule, loss_fn,
+                use_bf16=use_bf16, cached_view=view, on_step=lambda: progress.advance(task))
+            row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
+                   "lr": optimizer.param_groups[-1]["lr"]}
             if len(test_items):
                 row["val_loss"], row["val_accuracy"] = _evaluate(
                     model, test_inputs, test_labels, use_bf16, cached=train_views is not None)
@@ -631,7 +740,7 @@ def _save_checkpoint(path: Path, checkpoint: dict) -> None:
     atomic.write_with(path, lambda temporary: torch.save(checkpoint, temporary))
 
 
-def plot_history(history: list[dict], path: Path) -> None:
+def plot_history(history: list[dict], path: Path, *, held_out_label: str = "held-out") -> None:
     """Loss and accuracy per epoch, train and held-out, as a two-panel PNG."""
     import matplotlib
 
@@ -643,7 +752,7 @@ def plot_history(history: list[dict], path: Path) -> None:
     for axis, key, title in ((loss_axis, "loss", "Loss"), (accuracy_axis, "accuracy", "Accuracy")):
         axis.plot(epochs, [row[f"train_{key}"] for row in history], label="train")
         if history and f"val_{key}" in history[0]:
-            axis.plot(epochs, [row[f"val_{key}"] for row in history], label="held-out")
+            axis.plot(epochs, [row[f"val_{key}"] for row in history], label=held_out_label)
         axis.set_title(title)
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
