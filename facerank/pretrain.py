@@ -40,10 +40,10 @@ from facerank.faces import FaceFinder, FaceStep, face_step
 from facerank.gallery import GalleryImage, scan_gallery
 from facerank.model import FaceModel, features_and_logits, load_backbone_weights
 from facerank.progress import Progress
-from facerank.train import (FaceCounts, TrainConfig, _epoch_order, _make_optimizer,
-                            _make_schedule, _malloc_keeps_freed_memory, _parameter_groups,
-                            _save_checkpoint, _set_trainable, bf16_is_native, decode_images,
-                            plot_history, train_epoch)
+from facerank.train import (FaceCounts, TrainConfig, bf16_is_native, decode_images, epoch_order,
+                            make_optimizer, make_schedule, malloc_keeps_freed_memory,
+                            parameter_groups, plot_history, save_checkpoint, set_trainable,
+                            train_epoch)
 from facerank.verification import best_threshold
 
 CHECKPOINT = "checkpoint.pt"
@@ -141,10 +141,10 @@ def pretrain(corpus: str | Path, out: str | Path, config: TrainConfig | None = N
                                     image_size=config.image_size, crop=config.crop,
                                     head="cosine", head_scale=config.scale, faces=step)
     network = model.network.to(memory_format=torch.channels_last)
-    _set_trainable(network, config.trainable)
-    optimizer = _make_optimizer(_parameter_groups(network, config), config)
+    set_trainable(network, config.trainable)
+    optimizer = make_optimizer(parameter_groups(network, config), config)
     steps_per_epoch = -(-len(train_items) // config.batch_size)
-    schedule = _make_schedule(optimizer, config, steps_per_epoch)
+    schedule = make_schedule(optimizer, config, steps_per_epoch)
     use_bf16 = bf16_is_native() if config.bf16 is None else config.bf16
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
@@ -166,14 +166,14 @@ def pretrain(corpus: str | Path, out: str | Path, config: TrainConfig | None = N
         first_epoch = int(checkpoint["epoch"]) + 1
     shuffle = torch.Generator().manual_seed(config.seed)
     for _ in range(first_epoch - 1):  # replay the shuffles of finished epochs
-        _epoch_order(labels, config.balanced, shuffle)
+        epoch_order(labels, config.balanced, shuffle)
 
-    with _malloc_keeps_freed_memory(), progress:
+    with malloc_keeps_freed_memory(), progress:
         last_checkpoint = time.perf_counter()
         task = progress.add("pretraining", (config.epochs - first_epoch + 1) * steps_per_epoch)
         for epoch in range(first_epoch, config.epochs + 1):
             epoch_started = time.perf_counter()
-            order = _epoch_order(labels, config.balanced, shuffle)
+            order = epoch_order(labels, config.balanced, shuffle)
             loss, accuracy = train_epoch(model, train_pixels, labels, order, config, optimizer,
                                          schedule, loss_fn, use_bf16=use_bf16,
                                          on_step=lambda: progress.advance(task))
@@ -185,7 +185,7 @@ def pretrain(corpus: str | Path, out: str | Path, config: TrainConfig | None = N
             row["seconds"] = round(time.perf_counter() - epoch_started, 3)
             history.append(row)
             if epoch == config.epochs or time.perf_counter() - last_checkpoint > checkpoint_every:
-                _save_checkpoint(checkpoint_path, {
+                save_checkpoint(checkpoint_path, {
                     "model": network.state_dict(), "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(), "rng": torch.get_rng_state(),
                     "epoch": epoch, "history": json.dumps(history), "meta": meta})

@@ -328,7 +328,7 @@ def margin_logits(logits: torch.Tensor, labels: torch.Tensor, config: TrainConfi
     return logits.scatter(1, labels[:, None], with_margin * config.scale)
 
 
-def _epoch_order(labels: torch.Tensor, balanced: bool, generator: torch.Generator) -> torch.Tensor:
+def epoch_order(labels: torch.Tensor, balanced: bool, generator: torch.Generator) -> torch.Tensor:
     """One epoch's image order: a permutation, or with ``balanced`` as many draws (with
     replacement) in which every person is equally likely, however many images each has."""
     if not balanced:
@@ -338,7 +338,8 @@ def _epoch_order(labels: torch.Tensor, balanced: bool, generator: torch.Generato
     return torch.multinomial(weights, len(labels), replacement=True, generator=generator)
 
 
-def _set_trainable(network: nn.Module, trainable: str) -> list[nn.Parameter]:
+def set_trainable(network: nn.Module, trainable: str) -> list[nn.Parameter]:
+    """Freeze what ``trainable`` leaves out; the parameters that still train."""
     for parameter in network.parameters():
         parameter.requires_grad = trainable == "all"
     if trainable == "last_stage":
@@ -357,7 +358,7 @@ def _train_mode(network: nn.Module, trainable: str) -> None:
                 module.eval()
 
 
-def _parameter_groups(network: nn.Module, config: TrainConfig) -> list[dict]:
+def parameter_groups(network: nn.Module, config: TrainConfig) -> list[dict]:
     """The trainable parameters, as one group at ``lr`` or, with ``backbone_lr`` < 1, the head at
     ``lr`` and the backbone at ``lr * backbone_lr``."""
     head = [p for p in network.fc.parameters() if p.requires_grad]
@@ -369,7 +370,8 @@ def _parameter_groups(network: nn.Module, config: TrainConfig) -> list[dict]:
             {"params": head, "lr": config.lr}]
 
 
-def _make_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
+    """The recipe's optimizer over ``parameters`` (a list, or groups from ``parameter_groups``)."""
     if config.optimizer == "sgd":
         kind, options = torch.optim.SGD, dict(momentum=config.momentum)
     else:
@@ -383,7 +385,8 @@ def _make_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
         return kind(parameters, lr=config.lr, weight_decay=config.weight_decay, **options)
 
 
-def _make_schedule(optimizer, config: TrainConfig, steps_per_epoch: int):
+def make_schedule(optimizer, config: TrainConfig, steps_per_epoch: int):
+    """A per-step learning-rate schedule: one-cycle to each group's own peak, or constant."""
     if config.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
@@ -514,7 +517,7 @@ _GLIBC_MMAP_MAX, _GLIBC_TRIM_THRESHOLD = 65536, 128 * 1024  # glibc's defaults
 
 
 @contextlib.contextmanager
-def _malloc_keeps_freed_memory():
+def malloc_keeps_freed_memory():
     """While training, let glibc's malloc reuse freed memory instead of handing it back.
 
     Every step allocates and frees the same large activation buffers. By default glibc serves big
@@ -625,10 +628,10 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
                                     head="linear" if config.loss == "softmax" else "cosine",
                                     head_scale=config.scale, faces=step)
     network = model.network.to(memory_format=torch.channels_last)
-    _set_trainable(network, config.trainable)
-    optimizer = _make_optimizer(_parameter_groups(network, config), config)
+    set_trainable(network, config.trainable)
+    optimizer = make_optimizer(parameter_groups(network, config), config)
     steps_per_epoch = math.ceil(len(train_items) / config.batch_size)
-    schedule = _make_schedule(optimizer, config, steps_per_epoch)
+    schedule = make_schedule(optimizer, config, steps_per_epoch)
     use_bf16 = bf16_is_native() if config.bf16 is None else config.bf16
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
@@ -655,9 +658,9 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
 
     shuffle = torch.Generator().manual_seed(config.seed)
     for _ in range(first_epoch - 1):  # replay the shuffles of finished epochs
-        _epoch_order(train_labels, config.balanced, shuffle)
+        epoch_order(train_labels, config.balanced, shuffle)
 
-    with _malloc_keeps_freed_memory(), progress:
+    with malloc_keeps_freed_memory(), progress:
         cache_seconds, train_views, test_inputs = None, None, test_pixels
         if config.cached_features and first_epoch <= config.epochs:
             cache_started = time.perf_counter()
@@ -676,7 +679,7 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
         task = progress.add("training", (config.epochs - first_epoch + 1) * steps_per_epoch)
         for epoch in range(first_epoch, config.epochs + 1):
             epoch_started = time.perf_counter()
-            order = _epoch_order(train_labels, config.balanced, shuffle)
+            order = epoch_order(train_labels, config.balanced, shuffle)
             view = train_views[(epoch - 1) % len(train_views)] if train_views is not None else None
             train_loss, train_accuracy = train_epoch(
                 model, train_pixels, train_labels, order, config, optimizer, schedule, loss_fn,
@@ -697,7 +700,7 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
             # A ResNet50 checkpoint with optimizer state is ~300 MB: write it at most once a
             # minute (and after the last epoch), so an interruption costs at most that much work.
             if epoch == config.epochs or time.perf_counter() - last_checkpoint > checkpoint_every:
-                _save_checkpoint(checkpoint_path, {
+                save_checkpoint(checkpoint_path, {
                     "model": network.state_dict(), "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(), "rng": torch.get_rng_state(),
                     "epoch": epoch, "history": json.dumps(history), "meta": checkpoint_meta,
@@ -735,7 +738,8 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
     return result
 
 
-def _save_checkpoint(path: Path, checkpoint: dict) -> None:
+def save_checkpoint(path: Path, checkpoint: dict) -> None:
+    """Write a training checkpoint atomically: a crash leaves the previous one whole."""
     # Tensors, numbers and strings only, so that torch.load(weights_only=True) can read it back.
     atomic.write_with(path, lambda temporary: torch.save(checkpoint, temporary))
 

@@ -22,7 +22,7 @@ from facerank.base import BASE_CONFIG, base_folder, read_base, read_base_config
 from facerank.config import read_config
 from facerank.faces import dlib_available
 from facerank.pretrain import pretrain, pretrain_recipe
-from facerank.train import _parameter_groups, preset, recipe
+from facerank.train import parameter_groups, preset, recipe
 
 ORL = Path(__file__).resolve().parents[2] / "shared" / "data" / "orl"
 CORPUS_PEOPLE = [f"s{i}" for i in range(11, 31)]  # the 5 fine-tuned on are s1-s5
@@ -160,6 +160,19 @@ def test_finetune_recipe_is_picked_for_a_base_and_trains_the_backbone_slower(bas
     from facerank.model import build_network
 
     network = build_network(3, head="cosine")
-    groups = _parameter_groups(network, config)
+    groups = parameter_groups(network, config)
     assert [group["lr"] for group in groups] == [config.lr * 0.1, config.lr]
     assert groups[1]["params"] == list(network.fc.parameters())
+
+
+def test_greyscale_and_colour_augmentation_keep_images_valid():
+    import torch
+
+    from facerank.train import augment
+
+    torch.manual_seed(0)
+    batch = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    grey = augment(batch, preset("scratch", greyscale=1.0, shift=0.0, flip=False))
+    assert grey.dtype == torch.uint8 and torch.equal(grey[:, 0], grey[:, 1])
+    jittered = augment(batch, preset("scratch", colour=0.5, shift=0.0, flip=False))
+    assert jittered.dtype == torch.uint8 and not torch.equal(jittered, batch)

@@ -16,7 +16,7 @@ from facerank.config import ModelConfig, resize_for_model
 from facerank.errors import GalleryError
 from facerank.evaluate import evaluate
 from facerank.model import FaceModel
-from facerank.train import _epoch_order, margin_logits, preset, train
+from facerank.train import epoch_order, margin_logits, preset, train
 from facerank.verification import (best_threshold, distances, plot_distance_histogram, plot_roc,
                                    read_pairs, score_pairs, tar_at_far)
 
@@ -51,11 +51,11 @@ def test_softmax_logits_pass_through():
 
 def test_balanced_order_draws_people_evenly_however_many_images_each_has():
     labels = torch.tensor([0] * 90 + [1] * 9 + [2] * 1)
-    drawn = torch.cat([_epoch_order(labels, True, torch.Generator().manual_seed(s))
+    drawn = torch.cat([epoch_order(labels, True, torch.Generator().manual_seed(s))
                        for s in range(20)])
     share = torch.bincount(labels[drawn], minlength=3).float() / len(drawn)
     assert torch.allclose(share, torch.full((3,), 1 / 3), atol=0.04), share
-    plain = _epoch_order(labels, False, torch.Generator().manual_seed(0))
+    plain = epoch_order(labels, False, torch.Generator().manual_seed(0))
     assert sorted(plain.tolist()) == list(range(100))
 
 
