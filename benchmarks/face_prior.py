@@ -1,12 +1,14 @@
 """A face prior, measured on people it never saw: pretrain on LFW View 1's training people, then
 fine-tune and score on others.
 
-    python benchmarks/face_prior.py [--epochs 20] [--stages base,lfw-pairs,lfw-identification,orl]
+    python benchmarks/face_prior.py [--epochs 20] [--rounds 1] [--stages base,lfw-pairs,...]
 
 * ``base``: ``facerank.pretrain`` on the people of ``peopleDevTrain.txt`` only (those with two or
   more photos train; 5% of them are held out for the per-epoch pair score). The base is cached in
   ``benchmarks/.cache/face_prior/base`` (not committed: ~95 MB); a rerun reuses it, an
-  interrupted one resumes from its checkpoint.
+  interrupted one resumes from its checkpoint. ``--rounds 2`` pretrains a second round of
+  ``--epochs`` from the first round's base (``pretrain(weights=BASE)``, a fresh one-cycle
+  schedule), in ``base-round2``; the later stages use the last round's base.
 * ``lfw-pairs``: LFW View 1 verification with the base's own face prints (no fine-tuning): the
   threshold chosen on ``pairsDevTrain.txt``, scored on ``pairsDevTest.txt`` (other people).
 * ``lfw-identification``: the View 1 *test* people with >= 10 photos, 70/30, seed 0: fine-tuned
@@ -41,7 +43,6 @@ sys.path.insert(0, str(HERE))
 import recognition as rec  # noqa: E402  (the shared splits, baselines and detection cache)
 
 CACHE = HERE / ".cache" / "face_prior"
-BASE = CACHE / "base"
 RESULTS = HERE / "results"
 PLOTS = RESULTS / "face_prior"
 STAGES = ("base", "lfw-pairs", "lfw-identification", "orl")
@@ -56,27 +57,44 @@ def machine() -> str:
 
 # -- stages --------------------------------------------------------------------------------------
 
-def stage_base(epochs: int) -> dict:
-    """Pretrain on DevTrain's people (cached: a finished base is reused, a stopped one resumed)."""
-    from facerank.pretrain import pretrain, pretrain_recipe
+def base_of_round(number: int) -> Path:
+    return CACHE / ("base" if number == 1 else f"base-round{number}")
 
+
+BASE = base_of_round(1)  # the base the later stages use: main() sets the last round's
+
+
+def stage_base(epochs: int, rounds: int) -> dict:
+    """Pretrain on DevTrain's people, round after round (cached: a finished round is reused, a
+    stopped one resumed)."""
     corpus = rec.linked_gallery(rec.lfw_people("peopleDevTrain.txt"), rec.DATA / "lfw" / "images",
                                 CACHE / "corpus")
-    history_file = BASE / "history.json"
+    out = {}
+    for number in range(1, rounds + 1):
+        out[f"round{number}"] = pretrain_round(corpus, number, epochs)
+    return out
+
+
+def pretrain_round(corpus: Path, number: int, epochs: int) -> dict:
+    from facerank.pretrain import pretrain, pretrain_recipe
+
+    folder = base_of_round(number)
+    weights = "none" if number == 1 else str(base_of_round(number - 1))
+    history_file = folder / "history.json"
     config = pretrain_recipe(epochs=epochs)
-    if history_file.exists() and (BASE / "base.json").exists():
+    if history_file.exists() and (folder / "base.json").exists():
         done = json.loads(history_file.read_text())
         if done["config"] == json.loads(json.dumps(config.__dict__)):
-            return done
-    if not (BASE / "faces.sqlite").exists():
-        rec.seed_detections(BASE)  # photos the recognition benchmark already searched
-    started = time.perf_counter()
-    result = pretrain(corpus, BASE, config, weights="none", faces=rec.face_step(),
-                      resume=(BASE / "checkpoint.pt").exists(),
+            return done | {"weights": weights}
+    if not (folder / "faces.sqlite").exists():
+        rec.seed_detections(folder)  # photos the recognition benchmark already searched
+    result = pretrain(corpus, folder, config, weights=weights, faces=rec.face_step(),
+                      resume=(folder / "checkpoint.pt").exists(),
                       on_epoch=lambda row: print(json.dumps(row), flush=True))
-    print(f"pretrained in {time.perf_counter() - started:.0f} s", flush=True)
-    shutil.copyfile(BASE / "curves.png", PLOTS / "pretrain-curves.png")
-    return json.loads(history_file.read_text()) | {"seconds": result.seconds}
+    print(f"round {number} pretrained in {result.seconds:.0f} s", flush=True)
+    (folder / "checkpoint.pt").unlink(missing_ok=True)  # 280 MB; the base is what is kept
+    shutil.copyfile(folder / "curves.png", PLOTS / f"pretrain-round{number}-curves.png")
+    return json.loads(history_file.read_text()) | {"weights": weights}
 
 
 def base_embedder(flip: bool = False):
@@ -141,7 +159,9 @@ def from_base(gallery: Path, store: Path, **overrides):
     return train(gallery, store, recipe(str(BASE), **overrides), weights=str(BASE))
 
 
-def stage_lfw_identification(work: Path) -> dict:
+def stage_lfw_identification(work: Path, previous: dict) -> dict:
+    """From the base, from scratch and HOG + SVM; the last two do not depend on the base and
+    are taken from ``previous`` (this stage's last results) where it has them."""
     from facerank.gallery import scan_gallery, split_gallery
 
     people = rec.lfw_people("peopleDevTest.txt", minimum=10)
@@ -152,11 +172,14 @@ def stage_lfw_identification(work: Path) -> dict:
     out["from_base"] = scored(work / "base-store", trained)
     shutil.copyfile(work / "base-store" / "train" / "curves.png",
                     PLOTS / "lfw-identification-from-base-curves.png")
-    scratch = rec.train_and_evaluate(gallery, rec.recipe("default", 0, balanced=True),
-                                     work / "scratch-store", None, faces=rec.face_step())
-    out["from_scratch"] = {k: scratch[k] for k in ("classify", "top5", "f1", "closest",
-                                                   "test_images", "train_seconds")}
-    out["baselines_aligned"] = rec.baselines_on_aligned(split)
+    if "from_scratch" in previous:
+        out["from_scratch"] = previous["from_scratch"]
+    else:
+        scratch = rec.train_and_evaluate(gallery, rec.recipe("default", 0, balanced=True),
+                                         work / "scratch-store", None, faces=rec.face_step())
+        out["from_scratch"] = {k: scratch[k] for k in ("classify", "top5", "f1", "closest",
+                                                       "test_images", "train_seconds")}
+    out["baselines_aligned"] = previous.get("baselines_aligned") or rec.baselines_on_aligned(split)
     return out
 
 
@@ -210,11 +233,12 @@ def report(results: dict) -> str:
              "2007; Huang, Mattar, Lee, Learned-Miller 2012); ORL (AT&T Laboratories Cambridge; "
              "Samaria & Harter 1994). LFW is a research benchmark, not a measure of fitness for "
              "commercial use.", ""]
-    base = results.get("base")
-    if base:
+    for name, base in sorted(results.get("base", {}).items()):
         history = base["history"]
         seconds = [row["seconds"] for row in history]
-        lines += ["## Pretraining (`facerank pretrain`)", "",
+        origin = ("random initialisation" if base["weights"] == "none"
+                  else f"the previous round's base (`--weights {Path(base['weights']).name}`)")
+        lines += [f"## Pretraining, {name} (`facerank pretrain`, from {origin})", "",
                   f"{base['people']} people with >= 2 photos of `peopleDevTrain.txt`, "
                   f"{base['images']} photos, aligned by the face step; {len(base['held_out_people'])} "
                   f"more of those people held out for the per-epoch score ({base['pairs']} pairs); "
@@ -225,8 +249,8 @@ def report(results: dict) -> str:
                   "class-balanced, AdamW one-cycle.", "",
                   f"Time on this machine: {np.median(seconds):.0f} s per epoch (median), "
                   f"{sum(seconds) / 60:.0f} min for {len(seconds)} epochs of training "
-                  f"({base.get('seconds', base['seconds']) / 60:.0f} min in all with face "
-                  "detection and scoring).", "",
+                  f"({base['seconds'] / 60:.0f} min in all with face detection and scoring).",
+                  "",
                   "| epoch | loss | train top-1 | held-out people's pairs: accuracy* | AUC |",
                   "|---|---|---|---|---|"]
         lines += [f"| {row['epoch']} | {row['train_loss']:.3f} | {pct(row['train_accuracy'])} | "
@@ -237,6 +261,7 @@ def report(results: dict) -> str:
     pairs = results.get("lfw-pairs")
     if pairs:
         lines += ["## LFW View 1 verification (1,000 test pairs of people the base never saw)", "",
+                  f"Base: `{pairs.get('base', '')}`. "
                   "Threshold chosen on the 2,200 training pairs. Before the face prior: 55.3% "
                   "(`scratch` + CosFace on whole images); HOG baseline 73.8%; goal >= 80%.", "",
                   "| face prints | accuracy | threshold | ROC AUC | TAR @ 1% FAR |",
@@ -261,11 +286,13 @@ def report(results: dict) -> str:
         for name in ("HOG + SVM", "PCA + SVM on pixels", "LBP + SVM"):
             r = ident["baselines_aligned"][name]
             lines.append(f"| baseline: {name} | {pct(r['accuracy'])} | | {pct(r['f1'])} | | |")
-        lines += ["", "All on the same aligned faces (dlib HOG + 5-point alignment).", ""]
+        lines += ["", "All on the same aligned faces (dlib HOG + 5-point alignment). Base: "
+                  f"`{ident.get('base', '')}`.", ""]
     orl = results.get("orl")
     if orl:
         r, u = orl["identification"], orl["unknown"]
         lines += ["## ORL (40 people the base never saw), fine-tuned from the base", "",
+                  f"Base: `{orl.get('base', '')}`.", "",
                   "| measure | figure | goal |", "|---|---|---|",
                   f"| identification top-1, 70/30 seed 0 (classify) | {pct(r['classify'])} | "
                   ">= 99.5% |",
@@ -280,10 +307,14 @@ def report(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=20, help="pretraining epochs")
+    parser.add_argument("--epochs", type=int, default=20, help="pretraining epochs per round")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="pretraining rounds, each from the previous round's base")
     parser.add_argument("--stages", default=",".join(STAGES))
     parser.add_argument("--report", action="store_true", help="only rewrite the report")
     args = parser.parse_args()
+    global BASE
+    BASE = base_of_round(args.rounds)
     warnings.filterwarnings("ignore", message="training from random initialisation")
     PLOTS.mkdir(parents=True, exist_ok=True)
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -299,10 +330,13 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
             started = time.perf_counter()
-            results[stage] = (stage_base(args.epochs) if stage == "base" else
+            previous = results.get(stage, {})
+            results[stage] = (stage_base(args.epochs, args.rounds) if stage == "base" else
                               stage_lfw_pairs() if stage == "lfw-pairs" else
-                              stage_lfw_identification(work) if stage == "lfw-identification"
-                              else stage_orl(work))
+                              stage_lfw_identification(work, previous)
+                              if stage == "lfw-identification" else stage_orl(work))
+            if stage != "base":
+                results[stage]["base"] = str(BASE.relative_to(HERE.parent))
             results[stage]["stage_seconds"] = round(time.perf_counter() - started, 1)
             shutil.rmtree(work, ignore_errors=True)
             (RESULTS / "face_prior.json").write_text(json.dumps(results, indent=1))

@@ -34,7 +34,7 @@ from torch import nn
 
 from facerank import atomic
 from facerank.base import BaseConfig, save_base
-from facerank.errors import GalleryError, StoreMismatchError
+from facerank.errors import GalleryError
 from facerank.face_cache import DetectionCache
 from facerank.faces import FaceFinder, FaceStep, face_step
 from facerank.gallery import GalleryImage, scan_gallery
@@ -42,8 +42,8 @@ from facerank.model import FaceModel, features_and_logits, load_backbone_weights
 from facerank.progress import Progress
 from facerank.train import (FaceCounts, TrainConfig, bf16_is_native, decode_images, epoch_order,
                             make_optimizer, make_schedule, malloc_keeps_freed_memory,
-                            parameter_groups, plot_history, save_checkpoint, set_trainable,
-                            train_epoch)
+                            parameter_groups, plot_history, restore_checkpoint, save_checkpoint,
+                            set_trainable, train_epoch)
 from facerank.verification import best_threshold
 
 CHECKPOINT = "checkpoint.pt"
@@ -154,14 +154,8 @@ def pretrain(corpus: str | Path, out: str | Path, config: TrainConfig | None = N
     meta = json.dumps({"people": people, "config": asdict(config), "faces": step.to_json(),
                        "weights_origin": weights_origin, "held_out": sorted(held_out)})
     if resume and checkpoint_path.exists():
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        if checkpoint["meta"] != meta:
-            raise StoreMismatchError(f"{checkpoint_path} was made from another corpus or recipe; "
-                                     "pretrain without --resume to start afresh")
-        network.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        schedule.load_state_dict(checkpoint["schedule"])
-        torch.set_rng_state(checkpoint["rng"])
+        checkpoint = restore_checkpoint(checkpoint_path, meta, network, optimizer, schedule,
+                                        command="pretrain")
         history = json.loads(checkpoint["history"])
         first_epoch = int(checkpoint["epoch"]) + 1
     shuffle = torch.Generator().manual_seed(config.seed)

@@ -643,14 +643,8 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
                                   "weights_origin": model.config.weights_origin,
                                   "faces": step.to_json()})
     if resume and checkpoint_path.exists():
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        if checkpoint["meta"] != checkpoint_meta:
-            raise StoreMismatchError(f"{checkpoint_path} was made with other people or another "
-                                     "recipe; train without --resume to start afresh")
-        network.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        schedule.load_state_dict(checkpoint["schedule"])
-        torch.set_rng_state(checkpoint["rng"])
+        checkpoint = restore_checkpoint(checkpoint_path, checkpoint_meta, network, optimizer,
+                                        schedule, command="train")
         history = json.loads(checkpoint["history"])
         first_epoch = int(checkpoint["epoch"]) + 1
         kept_state, kept_epoch = checkpoint["kept_model"], int(checkpoint["kept_epoch"])
@@ -736,6 +730,21 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
         "test": [[str(i.path), i.person] for i in test_items]})
     plot_history(history, run_dir / "curves.png")
     return result
+
+
+def restore_checkpoint(path: Path, meta: str, network: nn.Module, optimizer, schedule, *,
+                       command: str) -> dict:
+    """Put a checkpoint's weights, optimizer, schedule and random state back into a run, and
+    return it (its epoch, history...). One made by another run (``meta`` differs) is refused."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if checkpoint["meta"] != meta:
+        raise StoreMismatchError(f"{path} was made with other people or another recipe; "
+                                 f"{command} without --resume to start afresh")
+    network.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    schedule.load_state_dict(checkpoint["schedule"])
+    torch.set_rng_state(checkpoint["rng"])
+    return checkpoint
 
 
 def save_checkpoint(path: Path, checkpoint: dict) -> None:
