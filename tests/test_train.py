@@ -217,7 +217,7 @@ def test_local_weights_file_is_used(tmp_path):
 
 
 def test_bad_weights_choice_names_the_options():
-    with pytest.raises(ValueError, match="'imagenet', 'none' or the path"):
+    with pytest.raises(ValueError, match="'imagenet', 'none', a facerank base folder or the path"):
         FaceModel.create(["a", "b"], weights="imagenet21k")
 
 
