@@ -802,14 +802,11 @@ def serve(
 
 # -- demo ----------------------------------------------------------------------------------------
 
-DEMO_GALLERY = Path(__file__).resolve().parents[1] / "examples" / "gallery"
-
-
 @app.command()
 @handles_errors
 def demo(
-    gallery: Path = typer.Option(DEMO_GALLERY, help="Gallery to demo on (default: the bundled "
-                                 "ORL subset)."),
+    gallery: Optional[Path] = typer.Option(None, help="Gallery to demo on (default: the bundled "
+                                           "ORL subset).", show_default=False),
     store: Path = typer.Option(Path("facerank-demo"), "--store", "-s", help="Store to create."),
     weights: str = typer.Option("none", help="none (default: works offline), imagenet, or a path."),
     epochs: int = typer.Option(30, help="Training epochs."),
@@ -824,6 +821,9 @@ def demo(
     from facerank.store import FaceStore
     from facerank.train import preset as make_preset, train as run_training
 
+    from facerank.gallery import demo_gallery
+
+    gallery = gallery or demo_gallery()
     if not gallery.is_dir():
         raise FacerankError(f"demo gallery {gallery} not found; pass --gallery FOLDER (one "
                             "sub-folder of images per person)")

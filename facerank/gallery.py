@@ -143,3 +143,18 @@ def split_gallery(gallery: Gallery, *, test_fraction: float = 0.3, seed: int = 0
         test.extend(items[i] for i in sorted(order[:n_test]))
         train.extend(items[i] for i in sorted(order[n_test:]))
     return Split(train=tuple(train), test=tuple(test), train_only=tuple(train_only))
+
+
+def demo_gallery() -> Path:
+    """The ten ORL people that ship with facerank for ``facerank demo`` (credited in their
+    ``CREDITS.md``): ``examples/gallery`` in a checkout, ``facerank/demo_gallery`` in a wheel.
+
+    >>> scan_gallery(demo_gallery()).people[:2]
+    ['s1', 's10']
+    """
+    package = Path(__file__).resolve().parent
+    for folder in (package.parent / "examples" / "gallery", package / "demo_gallery"):
+        if folder.is_dir():
+            return folder
+    raise GalleryError(f"the demo gallery is not installed (looked in {package / 'demo_gallery'}); "
+                       "pass --gallery FOLDER (one sub-folder of images per person)")
