@@ -43,7 +43,13 @@ _EXPORTS = {
     "WeightsUnavailableError": "facerank.errors",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+# What ``from facerank import *`` brings: not ``open`` (it would hide the built-in), and nothing
+# whose module imports torch (training, the torch model, evaluation, calibration), so that a
+# star import stays light. Every name above is still there as ``facerank.NAME``.
+_NOT_STARRED = {"open", "train", "TrainConfig", "TrainResult", "PRESETS", "preset", "recipe",
+                "pretrain_recipe", "PretrainResult", "FaceModel", "evaluate", "Evaluation",
+                "calibrate", "Calibration"}
+__all__ = sorted(set(_EXPORTS) - _NOT_STARRED) + ["__version__"]
 
 
 def __getattr__(name: str):
@@ -56,4 +62,4 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return __all__
+    return sorted(_EXPORTS) + ["__version__"]

@@ -104,7 +104,7 @@ def test_doctor_exit_codes(tmp_path, gallery):
 @pytest.mark.parametrize("command", [["train"], ["index", "build"], ["index", "add"],
                                      ["index", "remove"], ["index", "info"], ["query"],
                                      ["classify"], ["evaluate"], ["demo"], ["doctor"],
-                                     ["verify"], ["calibrate"], ["serve"]])
+                                     ["verify"], ["calibrate"], ["serve"], ["pretrain"]])
 def test_every_command_has_help_with_an_example(command):
     result = invoke(*command, "--help")
     assert result.exit_code == 0 and "Example" in result.output
@@ -117,3 +117,10 @@ def test_import_is_light_and_module_runs():
     done = subprocess.run([sys.executable, "-m", "facerank", "--help"], capture_output=True,
                           text=True)
     assert done.returncode == 0 and "index" in done.stdout
+
+
+def test_a_star_import_keeps_the_builtin_open_and_does_not_import_torch():
+    code = ("import builtins, sys\nfrom facerank import *\n"
+            "print(open is builtins.open, 'torch' in sys.modules, callable(closest))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False", "True"], out.stderr
