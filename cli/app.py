@@ -165,6 +165,7 @@ def train(
       facerank train photos/ --store faces/ --weights base/     # fine-tune a face prior
     """
     from facerank.faces import FaceStep
+    from facerank.gallery import TRAIN_FOLDER
     from facerank.train import recipe, train as run_training
 
     overrides = {k: v for k, v in dict(epochs=epochs, image_size=image_size, lr=lr,
@@ -193,7 +194,7 @@ def train(
                    f"(model of epoch {result.kept_epoch} of {last['epoch']}, kept: {keep})")
     if result.train_only:
         typer.echo(f"trained on but not tested (one image each): {', '.join(result.train_only)}")
-    typer.echo(f"model saved in {folder}; curves in {folder / 'train' / 'curves.png'}")
+    typer.echo(f"model saved in {folder}; curves in {folder / TRAIN_FOLDER / 'curves.png'}")
     typer.echo(f"next: facerank index build {gallery} --store {folder}")
 
 
@@ -666,7 +667,9 @@ def evaluate(
     folder = _store_path(store)
     if pairs is not None:
         return _evaluate_pairs(folder, pairs, threshold_pairs, images, flip, plot, as_json)
-    plot = plot or folder / "train" / "confusion.png"
+    from facerank.gallery import TRAIN_FOLDER
+
+    plot = plot or folder / TRAIN_FOLDER / "confusion.png"
     result = run_evaluation(folder, gallery, confusion_png=plot, flip=flip)
     if as_json:
         _emit_json({**result.to_json(), "confusion_png": str(plot)})
@@ -716,7 +719,9 @@ def _evaluate_pairs(folder: Path, pairs_file: Path, threshold_file: Optional[Pat
     else:
         raise typer.BadParameter("no threshold: pass --threshold-pairs, or run `facerank "
                                  "calibrate` first")
-    plot = plot or folder / "train" / "pairs.png"
+    from facerank.gallery import TRAIN_FOLDER
+
+    plot = plot or folder / TRAIN_FOLDER / "pairs.png"
     plot_roc({"facerank": (d_test, test.same)}, plot.with_name(plot.stem + "-roc.png"))
     plot_distance_histogram(d_test, test.same, plot, threshold=score.threshold)
     if as_json:
@@ -821,7 +826,7 @@ def demo(
     from facerank.store import FaceStore
     from facerank.train import preset as make_preset, train as run_training
 
-    from facerank.gallery import demo_gallery
+    from facerank.gallery import demo_gallery, read_split
 
     gallery = gallery or demo_gallery()
     if not gallery.is_dir():
@@ -833,16 +838,16 @@ def demo(
     say(f"1/4 training '{name}' preset on {gallery} ({epochs} epochs at {image_size} px, "
         f"weights: {weights}) ...")
     trained = run_training(gallery, store, config, weights=weights, show_progress=not as_json)
-    split = json.loads((store / "train" / "split.json").read_text())
-    say(f"2/4 indexing the {len(split['train'])} training images ...")
+    split = read_split(store)
+    say(f"2/4 indexing the {len(split.train)} training images ...")
     opened = FaceStore.open(store)
     say(opened.model.config.faces.describe())
-    paths, people = zip(*split["train"])
+    paths, people = zip(*split.train)
     opened.add(paths, person=people)
     # The first held-out photo in which a face is found (ORL's s1/2.pgm, the very first, has
     # none that dlib can see, and a whole frame is not what a face model should be shown).
-    photo, truth = next((item for item in split["test"] if opened.find_faces(item[0])),
-                        split["test"][0])
+    photo, truth = next((item for item in split.test if opened.find_faces(item[0])),
+                        split.test[0])
     say(f"3/4 asking about {photo}, a photo of {truth} that training never saw:")
     matches, predictions = opened.query(photo, k=3, top_k=5)
     evaluation = run_evaluation(opened)

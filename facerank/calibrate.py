@@ -9,14 +9,13 @@ are answered "unknown" rather than with the nearest stranger.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from facerank.errors import ImageError, StoreError
 from facerank.face_cache import read_file_input
-from facerank.train import TRAIN_FOLDER
+from facerank.gallery import read_split
 
 #: Pairwise distances grow as n²; beyond this many images a seeded sample is used.
 MAX_IMAGES = 3000
@@ -86,9 +85,9 @@ def _threshold_at(different_sorted: np.ndarray, far: float) -> float:
 
 
 def _pairs_source(store) -> tuple[list[tuple[str, str]], str]:
-    split_path = store.folder / TRAIN_FOLDER / "split.json"
-    if split_path.exists():
-        test = [tuple(item) for item in json.loads(split_path.read_text("utf-8"))["test"]]
+    split = read_split(store.folder)
+    if split is not None:
+        test = list(split.test)
         if len({person for _, person in test}) >= 2 and len(test) > len({p for _, p in test}):
             return test, "held-out split"
     return [(r.path, r.person) for r in store.records], "index"

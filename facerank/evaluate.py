@@ -7,7 +7,6 @@ images (``closest``). Held-out images are never in the neighbour index, so nothi
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -15,11 +14,10 @@ import numpy as np
 
 from facerank import atomic
 from facerank.errors import ImageError, StoreError
-from facerank.gallery import scan_gallery
+from facerank.gallery import SPLIT_FILE, TRAIN_FOLDER, read_split, scan_gallery
 from facerank.face_cache import read_file_input
 from facerank.index import FaceIndex
 from facerank.store import FaceStore
-from facerank.train import TRAIN_FOLDER
 
 
 @dataclass
@@ -99,13 +97,11 @@ def _items(store: FaceStore, gallery) -> tuple[list[tuple[str, str]], list[tuple
         test_paths = {path for path, _ in test}
         train = [(r.path, r.person) for r in store.records if r.path not in test_paths]
         return test, train
-    split_path = store.folder / TRAIN_FOLDER / "split.json"
-    try:
-        split = json.loads(split_path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise StoreError(f"{store.folder} has no saved held-out split ({split_path}); pass a "
-                         "gallery folder of test images to evaluate") from None
-    return [tuple(x) for x in split["test"]], [tuple(x) for x in split["train"]]
+    split = read_split(store.folder)
+    if split is None:
+        raise StoreError(f"{store.folder} has no saved held-out split ({TRAIN_FOLDER}/"
+                         f"{SPLIT_FILE}); pass a gallery folder of test images to evaluate")
+    return list(split.test), list(split.train)
 
 
 def _embed_items(store: FaceStore, items, batch_size, flip=False):

@@ -10,6 +10,7 @@ are reported by whoever decodes them (training, indexing), never fatal.
 
 from __future__ import annotations
 
+import json
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facerank.errors import GalleryError
+from facerank.errors import GalleryError, StoreError
 from facerank.images import IMAGE_SUFFIXES
 
 
@@ -158,3 +159,44 @@ def demo_gallery() -> Path:
             return folder
     raise GalleryError(f"the demo gallery is not installed (looked in {package / 'demo_gallery'}); "
                        "pass --gallery FOLDER (one sub-folder of images per person)")
+
+
+TRAIN_FOLDER = "train"      # inside a store: training's history, curves, split and checkpoint
+SPLIT_FILE = "split.json"   # in TRAIN_FOLDER: which photos trained the model, which were held out
+
+
+@dataclass(frozen=True)
+class SavedSplit:
+    """The split a store's model was trained on, as ``(path, person)`` pairs."""
+
+    train: tuple[tuple[str, str], ...]
+    test: tuple[tuple[str, str], ...]
+
+
+def write_split(store_folder: str | Path, train: list[GalleryImage], test: list[GalleryImage], *,
+                seed: int, test_fraction: float) -> None:
+    """Record the split in the store. Paths are made absolute (not resolved: a linked gallery
+    keeps its links), so that evaluation run from another directory finds the photos."""
+    from facerank import atomic
+
+    atomic.write_json(Path(store_folder) / TRAIN_FOLDER / SPLIT_FILE, {
+        "seed": seed, "test_fraction": test_fraction,
+        "train": [[os.path.abspath(i.path), i.person] for i in train],
+        "test": [[os.path.abspath(i.path), i.person] for i in test]})
+
+
+def read_split(store_folder: str | Path) -> SavedSplit | None:
+    """The split training recorded in the store, or None where it recorded none.
+
+    >>> read_split("faces/").test[:1]
+    (('/photos/ada/3.jpg', 'ada'),)
+    """
+    path = Path(store_folder) / TRAIN_FOLDER / SPLIT_FILE
+    try:
+        data = json.loads(path.read_text("utf-8"))
+        return SavedSplit(tuple((str(p), str(who)) for p, who in data["train"]),
+                          tuple((str(p), str(who)) for p, who in data["test"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise StoreError(f"{path}: damaged ({error}); train again to rewrite it") from None

@@ -15,7 +15,6 @@ embedded in one precision is never searched with vectors of the other.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import tempfile
 from dataclasses import replace
@@ -27,6 +26,7 @@ import numpy as np
 from facerank import atomic
 from facerank.config import CONFIG_FILE, ModelConfig, read_config, resize_for_model
 from facerank.errors import ImageError, StoreError
+from facerank.gallery import SPLIT_FILE, TRAIN_FOLDER, read_split
 
 PRECISIONS = ("fp32", "int8")
 # Each calibration image costs one fp32 pass; the benchmark calibrated on ORL's 280 training
@@ -133,14 +133,11 @@ def calibration_pixels(paths: Sequence[str | Path], config: ModelConfig, *,
 
 def _training_images(folder: Path) -> list[str]:
     """The images the model was trained on, as training recorded them."""
-    from facerank.train import TRAIN_FOLDER
-
-    split = folder / TRAIN_FOLDER / "split.json"
-    try:
-        return [path for path, _ in json.loads(split.read_text("utf-8"))["train"]]
-    except (OSError, ValueError, KeyError) as error:
-        raise StoreError(f"{split}: cannot read which images the model was trained on "
-                         f"({error}); pass calibration images instead") from None
+    split = read_split(folder)
+    if split is None:
+        raise StoreError(f"{folder}: no record of which images the model was trained on "
+                         f"({TRAIN_FOLDER}/{SPLIT_FILE}); pass calibration images instead")
+    return [path for path, _ in split.train]
 
 
 def _fingerprint_matches(path: Path, fingerprint: str) -> bool:

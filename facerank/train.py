@@ -43,12 +43,12 @@ from facerank.base import base_folder, differences, read_base_config
 from facerank.errors import GalleryError, ImageError, StoreMismatchError
 from facerank.face_cache import DetectionCache, read_file_input
 from facerank.faces import FaceFinder, FaceStep, face_step
-from facerank.gallery import GalleryImage, scan_gallery, split_gallery
+from facerank.gallery import (TRAIN_FOLDER, GalleryImage, scan_gallery, split_gallery,  # noqa: F401
+                              write_split)
 from facerank.model import (FaceModel, features_and_logits, load_backbone_weights,
                             resize_for_model)
 from facerank.progress import Progress
 
-TRAIN_FOLDER = "train"          # inside the store: history, curves, split, checkpoints
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "onecycle")
 TRAINABLE = ("all", "last_stage")
@@ -724,10 +724,8 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
         bf16=use_bf16, test_accuracy=test_accuracy, cache_seconds=cache_seconds,
         faces=step.to_json(), no_face=counts.no_face, several_faces=counts.several_faces)
     atomic.write_json(run_dir / "history.json", {"config": asdict(config), **result.to_json()})
-    atomic.write_json(run_dir / "split.json", {
-        "seed": config.seed, "test_fraction": config.test_fraction,
-        "train": [[str(i.path), i.person] for i in train_items],
-        "test": [[str(i.path), i.person] for i in test_items]})
+    write_split(store, train_items, test_items, seed=config.seed,
+                test_fraction=config.test_fraction)
     plot_history(history, run_dir / "curves.png")
     return result
 

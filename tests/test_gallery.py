@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from PIL import Image
 
-from facerank.errors import GalleryError
+from facerank.errors import GalleryError, StoreError
 from facerank.gallery import scan_gallery, split_gallery
 
 
@@ -54,3 +56,20 @@ def test_split_rejects_bad_fraction(tmp_path):
     gallery = scan_gallery(_make(tmp_path, {"ada": 2}))
     with pytest.raises(ValueError, match="test_fraction"):
         split_gallery(gallery, test_fraction=1.0)
+
+
+def test_saved_split_paths_are_absolute_so_other_directories_can_read_them(tmp_path,
+                                                                          monkeypatch):
+    from facerank.gallery import GalleryImage, read_split, write_split
+
+    (tmp_path / "photos" / "ada").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    write_split(tmp_path / "store", [GalleryImage(Path("photos/ada/1.jpg"), "ada")],
+                [GalleryImage(Path("photos/ada/2.jpg"), "ada")], seed=0, test_fraction=0.3)
+    split = read_split(tmp_path / "store")
+    assert split.train == ((str(tmp_path / "photos" / "ada" / "1.jpg"), "ada"),)
+    assert Path(split.test[0][0]).is_absolute()
+    assert read_split(tmp_path / "nowhere") is None
+    (tmp_path / "store" / "train" / "split.json").write_text("{")
+    with pytest.raises(StoreError, match="damaged"):
+        read_split(tmp_path / "store")
