@@ -233,7 +233,8 @@ def report(results: dict) -> str:
              "2007; Huang, Mattar, Lee, Learned-Miller 2012); ORL (AT&T Laboratories Cambridge; "
              "Samaria & Harter 1994). LFW is a research benchmark, not a measure of fitness for "
              "commercial use.", ""]
-    for name, base in sorted(results.get("base", {}).items()):
+    rounds = {k: v for k, v in results.get("base", {}).items() if k.startswith("round")}
+    for name, base in sorted(rounds.items()):
         history = base["history"]
         seconds = [row["seconds"] for row in history]
         origin = ("random initialisation" if base["weights"] == "none"
@@ -249,7 +250,9 @@ def report(results: dict) -> str:
                   "class-balanced, AdamW one-cycle.", "",
                   f"Time on this machine: {np.median(seconds):.0f} s per epoch (median), "
                   f"{sum(seconds) / 60:.0f} min for {len(seconds)} epochs of training "
-                  f"({base['seconds'] / 60:.0f} min in all with face detection and scoring).",
+                  f"({base['seconds'] / 60:.0f} min in all with face detection and scoring). "
+                  "The median is the quiet machine's figure: the total includes epochs slowed "
+                  "by other work sharing the 2 cores.",
                   "",
                   "| epoch | loss | train top-1 | held-out people's pairs: accuracy* | AUC |",
                   "|---|---|---|---|---|"]
@@ -261,7 +264,7 @@ def report(results: dict) -> str:
     pairs = results.get("lfw-pairs")
     if pairs:
         lines += ["## LFW View 1 verification (1,000 test pairs of people the base never saw)", "",
-                  f"Base: `{pairs.get('base', '')}`. "
+                  f"Base: `{pairs.get('base_folder', '')}`. "
                   "Threshold chosen on the 2,200 training pairs. Before the face prior: 55.3% "
                   "(`scratch` + CosFace on whole images); HOG baseline 73.8%; goal >= 80%.", "",
                   "| face prints | accuracy | threshold | ROC AUC | TAR @ 1% FAR |",
@@ -287,12 +290,12 @@ def report(results: dict) -> str:
             r = ident["baselines_aligned"][name]
             lines.append(f"| baseline: {name} | {pct(r['accuracy'])} | | {pct(r['f1'])} | | |")
         lines += ["", "All on the same aligned faces (dlib HOG + 5-point alignment). Base: "
-                  f"`{ident.get('base', '')}`.", ""]
+                  f"`{ident.get('base_folder', '')}`.", ""]
     orl = results.get("orl")
     if orl:
         r, u = orl["identification"], orl["unknown"]
         lines += ["## ORL (40 people the base never saw), fine-tuned from the base", "",
-                  f"Base: `{orl.get('base', '')}`.", "",
+                  f"Base: `{orl.get('base_folder', '')}`.", "",
                   "| measure | figure | goal |", "|---|---|---|",
                   f"| identification top-1, 70/30 seed 0 (classify) | {pct(r['classify'])} | "
                   ">= 99.5% |",
@@ -336,7 +339,7 @@ def main() -> None:
                               stage_lfw_identification(work, previous)
                               if stage == "lfw-identification" else stage_orl(work))
             if stage != "base":
-                results[stage]["base"] = str(BASE.relative_to(HERE.parent))
+                results[stage]["base_folder"] = str(BASE.relative_to(HERE.parent))
             results[stage]["stage_seconds"] = round(time.perf_counter() - started, 1)
             shutil.rmtree(work, ignore_errors=True)
             (RESULTS / "face_prior.json").write_text(json.dumps(results, indent=1))
