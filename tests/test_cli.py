@@ -124,3 +124,12 @@ def test_a_star_import_keeps_the_builtin_open_and_does_not_import_torch():
             "print(open is builtins.open, 'torch' in sys.modules, callable(closest))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "False", "True"], out.stderr
+
+
+@pytest.mark.parametrize("module", ["calibrate", "evaluate", "precision", "doctor"])
+def test_quality_modules_do_not_import_training_or_torch(module):
+    # They read the saved split (facerank.gallery), not the training code, to know the photos.
+    code = (f"import sys, facerank.{module}; "
+            "print('torch' in sys.modules, 'facerank.train' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"], out.stderr
