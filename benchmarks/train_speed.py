@@ -41,10 +41,13 @@ import time
 import warnings
 from pathlib import Path
 
+import importlib
+
 import torch
 
-import facerank.train as training
 from machine import cpu_model
+
+training = importlib.import_module("facerank.train")  # the module; facerank.train is the function
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

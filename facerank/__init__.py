@@ -13,6 +13,8 @@ Importing facerank is cheap: torch, FAISS and the model load on first use.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
@@ -63,3 +65,18 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(_EXPORTS) + ["__version__"]
+
+
+class _Package(types.ModuleType):
+    """``facerank`` itself. Importing a submodule sets it as an attribute of its package, so
+    ``import facerank.train`` (done by facerank's own modules) would turn the exported function
+    ``facerank.train`` into the module of the same name; this keeps the function. The modules
+    stay importable by name: ``from facerank.train import recipe``."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == value.__name__:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -153,8 +153,8 @@ def differences(base: BaseConfig, *, image_size: int, crop: float, faces: FaceSt
         found.append(f"input size {image_size} px, the base's is {base.image_size} px")
     if crop != base.crop:
         found.append(f"crop {crop}, the base's is {base.crop}")
-    geometry = [base.faces.detector, base.faces.model_fingerprint, base.faces.eye_distance,
-                base.faces.eye_height]
-    if [faces.detector, faces.model_fingerprint, faces.eye_distance, faces.eye_height] != geometry:
-        found.append(f"face step {faces.detector}, the base's is {base.faces.detector}")
+    for name in ("detector", "model_fingerprint", "eye_distance", "eye_height"):
+        mine, theirs = getattr(faces, name), getattr(base.faces, name)
+        if mine != theirs:
+            found.append(f"face step {name} {mine or 'none'!s}, the base's is {theirs or 'none'!s}")
     return found

@@ -7,6 +7,7 @@ images (``closest``). Held-out images are never in the neighbour index, so nothi
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -93,7 +94,9 @@ def evaluate(store: FaceStore | str | Path, gallery: str | Path | None = None, *
 def _items(store: FaceStore, gallery) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(test items, train items for the neighbour index) as (path, person) pairs."""
     if gallery is not None:
-        test = [(str(i.path), i.person) for i in scan_gallery(gallery).images]
+        # Absolute, as the store records them: a relative gallery must still leave its own
+        # photos out of the neighbour index.
+        test = [(os.path.abspath(i.path), i.person) for i in scan_gallery(gallery).images]
         test_paths = {path for path, _ in test}
         train = [(r.path, r.person) for r in store.records if r.path not in test_paths]
         return test, train

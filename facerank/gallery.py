@@ -154,7 +154,7 @@ def demo_gallery() -> Path:
     ['s1', 's10']
     """
     package = Path(__file__).resolve().parent
-    for folder in (package.parent / "examples" / "gallery", package / "demo_gallery"):
+    for folder in (package / "demo_gallery", package.parent / "examples" / "gallery"):
         if folder.is_dir():
             return folder
     raise GalleryError(f"the demo gallery is not installed (looked in {package / 'demo_gallery'}); "

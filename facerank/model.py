@@ -113,8 +113,11 @@ def load_backbone_weights(weights: str) -> tuple[dict | None, str]:
     folder = base_folder(weights)
     if folder is not None:
         state, base = read_base(folder)
-        return state, f"base:{folder.name}@{base.fingerprint[:12]}"
+        return state, f"base:{folder.resolve().name}@{base.fingerprint[:12]}"
     path = Path(weights)
+    if path.is_dir() and (path / "checkpoint.pt").is_file():
+        raise StoreError(f"{path}: its pretraining has not finished (no base.json yet); run "
+                         f"`facerank pretrain CORPUS --out {path} --resume` to finish it")
     if not path.is_file():
         raise ValueError(f"weights must be 'imagenet', 'none', a facerank base folder or the path "
                          f"of a weights file; {weights!r} is none of these")

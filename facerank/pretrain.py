@@ -13,7 +13,7 @@ schedule, bf16 autocast where the CPU has AMX. A share of the people (``test_fra
 two) never trains: each epoch, pairs of their photos score how well the face prints tell
 *unseen* people apart (ROC AUC and accuracy at the best threshold on those pairs).
 
->>> result = pretrain("corpus/", "base/", epochs=20)
+>>> result = pretrain("corpus/", "base/", pretrain_recipe(epochs=20), weights="none")
 >>> result.history[-1]["pair_auc"]
 """
 
@@ -85,7 +85,7 @@ class PretrainResult:
 
 
 def pretrain(corpus: str | Path, out: str | Path, config: TrainConfig | None = None, *,
-             weights: str = "none", faces: FaceStep | str = "auto", min_photos: int = 2,
+             weights: str = "imagenet", faces: FaceStep | str = "auto", min_photos: int = 2,
              resume: bool = False, show_progress: bool = False, checkpoint_every: float = 60.0,
              on_epoch: Callable[[dict], None] | None = None) -> PretrainResult:
     """Pretrain the backbone on ``corpus`` (one folder per person) and save a base in ``out``.
@@ -133,6 +133,9 @@ def pretrain(corpus: str | Path, out: str | Path, config: TrainConfig | None = N
             finder=finder, counts=counts)
     skipped += skipped_pairs
     people = sorted({item.person for item in train_items})
+    if len(people) < 2:
+        raise GalleryError(f"{corpus}: pretraining needs at least two people with usable photos; "
+                           f"{len(people)} left after {len(skipped)} photos were skipped")
     label_of = {person: i for i, person in enumerate(people)}
     labels = torch.tensor([label_of[item.person] for item in train_items])
     pairs = held_out_pairs([item.person for item in pair_items], seed=config.seed)
@@ -173,7 +176,7 @@ def pretrain(corpus: str | Path, out: str | Path, config: TrainConfig | None = N
                                          on_step=lambda: progress.advance(task))
             row = {"epoch": epoch, "train_loss": loss, "train_accuracy": accuracy,
                    "lr": optimizer.param_groups[-1]["lr"]}
-            if len(pairs[0]):
+            if pairs[2].any() and (~pairs[2]).any():  # both kinds, or no score means anything
                 row.update(score_held_out(model, pair_pixels, pairs, use_bf16=use_bf16))
                 row["val_accuracy"] = row["pair_accuracy"]  # the curves' held-out line
             row["seconds"] = round(time.perf_counter() - epoch_started, 3)
@@ -198,6 +201,7 @@ def pretrain(corpus: str | Path, out: str | Path, config: TrainConfig | None = N
         epochs=config.epochs,
         verification={"accuracy": last["pair_accuracy"], "auc": last["pair_auc"],
                       "pairs": last["pairs"]} if "pair_auc" in last else {}), out)
+    checkpoint_path.unlink(missing_ok=True)  # ~280 MB; the base is what it was kept for
     result = PretrainResult(
         base=base.to_json(), history=history, people=len(people), images=len(train_items),
         held_out_people=sorted(held_out), pairs=len(pairs[0]),

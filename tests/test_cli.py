@@ -133,3 +133,13 @@ def test_quality_modules_do_not_import_training_or_torch(module):
             "print('torch' in sys.modules, 'facerank.train' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+def test_exported_functions_stay_functions_after_their_modules_are_imported():
+    # facerank.train (the function) and facerank/train.py (the module) share a name.
+    code = ("import facerank, facerank.pretrain, facerank.evaluate, facerank.calibrate\n"
+            "from facerank.train import recipe\n"
+            "print(*(callable(f) and not hasattr(f, '__path__') and type(f).__name__"
+            " for f in (facerank.train, facerank.evaluate, facerank.calibrate)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["function"] * 3, out.stderr

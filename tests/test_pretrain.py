@@ -20,6 +20,8 @@ from typer.testing import CliRunner
 from cli.app import app
 from facerank.base import BASE_CONFIG, base_folder, read_base, read_base_config
 from facerank.config import read_config
+from facerank.errors import StoreError, StoreMismatchError
+from facerank.model import load_backbone_weights
 from facerank.faces import dlib_available
 from facerank.pretrain import pretrain, pretrain_recipe
 from facerank.train import parameter_groups, preset, recipe
@@ -105,18 +107,21 @@ def test_a_resumed_pretrain_continues_from_its_checkpoint(base, corpus, tmp_path
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         with pytest.raises(KeyboardInterrupt):
-            pretrain(corpus, tmp_path, config, checkpoint_every=0.0,
+            pretrain(corpus, tmp_path, config, weights="none", checkpoint_every=0.0,
                      on_epoch=stop_after_first_epoch)
         assert not (tmp_path / BASE_CONFIG).exists() and (tmp_path / "checkpoint.pt").exists()
+        with pytest.raises(StoreError, match="has not finished"):
+            load_backbone_weights(str(tmp_path))  # an unfinished base says how to finish it
+        with pytest.raises(StoreMismatchError, match="another recipe"):
+            pretrain(corpus, tmp_path, pretrain_recipe(**{**SMALL, "lr": 0.1}), weights="none",
+                     resume=True)
         epochs_run = []
-        resumed = pretrain(corpus, tmp_path, config, resume=True,
+        resumed = pretrain(corpus, tmp_path, config, weights="none", resume=True,
                            on_epoch=lambda row: epochs_run.append(row["epoch"]))
     assert epochs_run == [2] and [row["epoch"] for row in resumed.history] == [1, 2]
     # Same seed, same corpus: the resumed run ends with the uninterrupted run's weights.
     assert resumed.base["fingerprint"] == read_base_config(base[0]).fingerprint
-
-    with pytest.raises(Exception, match="another recipe"):
-        pretrain(corpus, tmp_path, pretrain_recipe(**{**SMALL, "lr": 0.1}), resume=True)
+    assert not (tmp_path / "checkpoint.pt").exists()  # the base is saved: 280 MB freed
 
 
 @pytest.mark.parametrize("damage, message", [

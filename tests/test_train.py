@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import json
 import urllib.error
 import warnings
@@ -10,12 +12,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-import facerank.train as training
 from facerank.errors import StoreMismatchError, WeightsUnavailableError
 from facerank.model import FaceModel, build_network, features_and_logits, read_config
 from facerank.train import preset, train
 
 from conftest import TINY, copy_gallery
+
+training = importlib.import_module("facerank.train")  # the module; facerank.train is the function
 
 MICRO = dict(image_size=32, epochs=3, batch_size=8)
 
