@@ -87,7 +87,12 @@ def pretrain_round(corpus: Path, number: int, epochs: int) -> dict:
         if done["config"] == json.loads(json.dumps(config.__dict__)):
             return done | {"weights": weights}
     if not (folder / "faces.sqlite").exists():
-        rec.seed_detections(folder)  # photos the recognition benchmark already searched
+        folder.mkdir(parents=True, exist_ok=True)
+        earlier = base_of_round(number - 1) / "faces.sqlite"
+        if number > 1 and earlier.exists():  # the same corpus: every photo already searched
+            shutil.copyfile(earlier, folder / "faces.sqlite")
+        else:
+            rec.seed_detections(folder)  # photos the recognition benchmark already searched
     result = pretrain(corpus, folder, config, weights=weights, faces=rec.face_step(),
                       resume=(folder / "checkpoint.pt").exists(),
                       on_epoch=lambda row: print(json.dumps(row), flush=True))
