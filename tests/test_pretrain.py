@@ -181,3 +181,11 @@ def test_greyscale_and_colour_augmentation_keep_images_valid():
     assert grey.dtype == torch.uint8 and torch.equal(grey[:, 0], grey[:, 1])
     jittered = augment(batch, preset("scratch", colour=0.5, shift=0.0, flip=False))
     assert jittered.dtype == torch.uint8 and not torch.equal(jittered, batch)
+
+
+def test_pretrain_recipe_needs_a_margin_loss_and_gives_arcface_an_angle_margin():
+    assert (pretrain_recipe().loss, pretrain_recipe().margin) == ("cosface", 0.35)
+    assert pretrain_recipe(loss="arcface").margin == 0.3
+    assert pretrain_recipe().balanced and pretrain_recipe().greyscale > 0
+    with pytest.raises(ValueError, match="margin loss"):
+        pretrain_recipe(loss="softmax")
