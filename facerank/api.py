@@ -1,8 +1,8 @@
 """Module-level ``closest`` / ``classify`` / ``embed`` over a default store.
 
 The default store is ``$FACERANK_STORE`` if set, else ``./facerank-store``. Stores are opened
-once and cached per folder; a store changed on disk since (a new index generation or a retrained
-model) is opened again on the next call.
+once and cached per folder: a cached store picks up other processes' writes by itself, and one
+whose model was retrained since is opened again on the next call.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from facerank.images import ImageInput
-from facerank.store import STATE_FILE, FaceAnswer, FaceStore, Match, Prediction
+from facerank.store import FaceAnswer, FaceStore, Match, Prediction
 from facerank.config import CONFIG_FILE
 
 DEFAULT_STORE = "facerank-store"
@@ -29,14 +29,14 @@ def default_store_path() -> Path:
 
 
 def open(store: str | Path | None = None, *, device: str = "cpu") -> FaceStore:  # noqa: A001
-    """Open a store (cached per folder; re-opened when it changed on disk).
+    """Open a store (cached per folder; re-opened when its model changed on disk).
 
     >>> store = facerank.open("faces/")
     >>> store.closest("photo.jpg", k=3)
     """
     folder = Path(store) if store is not None else default_store_path()
     key = str(folder.resolve())
-    stamp = (_mtime(folder / CONFIG_FILE), _mtime(folder / STATE_FILE), device)
+    stamp = (_mtime(folder / CONFIG_FILE), device)
     with _cache_lock:
         cached = _cache.get(key)
         if cached and cached[0] == stamp:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +25,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    handle, name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}-", suffix=".tmp",
+                                    dir=target.parent)
     os.close(handle)
     temporary = Path(name)
     try:
@@ -54,6 +56,34 @@ def write_with(target: str | Path, writer: Callable[[Path], None]) -> None:
     """Atomically write ``target`` with a function that writes to a path it is given."""
     with atomic_path(target) as temporary:
         writer(temporary)
+
+
+_TEMPORARY = re.compile(r"^\..+\.(\d+)-[^.]+\.tmp$")
+
+
+def remove_orphans(folder: str | Path) -> list[Path]:
+    """Delete the temporary files in ``folder`` left by writers that died mid-write.
+
+    A file whose writer is still alive is left alone, whoever that writer is; files not named
+    by ``atomic_path`` are never touched. Returns what was deleted.
+    """
+    removed = []
+    for path in Path(folder).glob(".*.tmp"):
+        match = _TEMPORARY.match(path.name)
+        if match and not _is_alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    return True
 
 
 def _fsync_file(path: Path) -> None:

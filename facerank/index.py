@@ -12,6 +12,7 @@ vectors beyond that. The figures behind each threshold are in
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from dataclasses import dataclass, replace
@@ -317,6 +318,15 @@ class FaceIndex:
         if isinstance(index, faiss.IndexRefine):
             index = faiss.downcast_index(index.refine_index)
         return index.reconstruct(int(record_id))
+
+    def copy(self) -> "FaceIndex":
+        """An independent copy: changing one leaves the other as it was."""
+        twin = copy.copy(self)
+        try:
+            twin._index = faiss.clone_index(self._index)
+        except RuntimeError:  # a combination FAISS's cloner does not know: through bytes
+            twin._index = faiss.deserialize_index(faiss.serialize_index(self._index))
+        return twin
 
     def save(self, path: str | Path) -> None:
         atomic.write_with(path, lambda temporary: faiss.write_index(self._index, str(temporary)))

@@ -26,6 +26,7 @@ import numpy as np
 from facerank import atomic
 from facerank.config import CONFIG_FILE, ModelConfig, read_config, resize_for_model
 from facerank.errors import ImageError, StoreError
+from facerank.folder_lock import FolderLock
 from facerank.gallery import SPLIT_FILE, TRAIN_FOLDER, read_split
 
 PRECISIONS = ("fp32", "int8")
@@ -61,7 +62,13 @@ def set_precision(folder: str | Path, precision: str, *,
             fingerprint = quantise(folder / config.onnx_file, folder / int8_file, paths, config)
             config = replace(config, int8_file=int8_file, int8_fingerprint=fingerprint)
     config = replace(config, precision=precision)
-    atomic.write_json(folder / CONFIG_FILE, config.to_json())
+    # The slow quantisation ran without the lock; the config is written under it, and only if
+    # no one retrained the model meanwhile.
+    with FolderLock(folder, wait=None):
+        if read_config(folder).fingerprint != config.fingerprint:
+            raise StoreError(f"the model in {folder} was retrained while its precision was being "
+                             f"set; run `facerank precision {precision}` again")
+        atomic.write_json(folder / CONFIG_FILE, config.to_json())
     return config
 
 

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from facerank import atomic
+from facerank.folder_lock import FolderLock
 from facerank.base import base_folder, differences, read_base_config
 from facerank.errors import GalleryError, ImageError, StoreMismatchError
 from facerank.face_cache import DetectionCache, read_file_input
@@ -706,7 +707,10 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
         if kept_state is not None:
             network.load_state_dict(kept_state)
         network.eval()
-        model.save(store)
+        # Every writer of a store takes its lock; this one waits for as long as an index build
+        # or an enrolment takes rather than throw away a finished training run.
+        with FolderLock(store, wait=None):
+            model.save(store)
         test_accuracy = None
         if len(test_items):
             kept_row = next(row for row in history if row["epoch"] == kept_epoch)

@@ -7,6 +7,8 @@ the whole suite within a few minutes on 2 CPU cores; the invariants tested do no
 
 from __future__ import annotations
 
+import os
+import pickle
 import shutil
 import warnings
 from pathlib import Path
@@ -36,19 +38,34 @@ def copy_gallery(destination: Path, people=PEOPLE, per_person: int = 10) -> Path
     return destination
 
 
+# For a developer's repeated runs only: FACERANK_TEST_CACHE=DIR keeps the session's gallery and
+# trained store there and reuses them (delete DIR after changing training or the model format).
+_CACHE = Path(os.environ["FACERANK_TEST_CACHE"]) if os.environ.get("FACERANK_TEST_CACHE") else None
+
+
 @pytest.fixture(scope="session")
 def gallery(tmp_path_factory) -> Path:
     """A read-only-by-convention copy of 5 ORL people (10 images each)."""
-    return copy_gallery(tmp_path_factory.mktemp("gallery"))
+    if _CACHE is not None and (_CACHE / "gallery").is_dir():
+        return _CACHE / "gallery"
+    folder = copy_gallery(tmp_path_factory.mktemp("gallery"))
+    if _CACHE is not None:
+        shutil.copytree(folder, _CACHE / "gallery")
+        return _CACHE / "gallery"
+    return folder
 
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, gallery):
     """(store folder, TrainResult): trained once per session, not yet indexed."""
-    folder = tmp_path_factory.mktemp("store")
+    if _CACHE is not None and (_CACHE / "store" / "result.pickle").is_file():
+        return _CACHE / "store", pickle.loads((_CACHE / "store" / "result.pickle").read_bytes())
+    folder = _CACHE / "store" if _CACHE is not None else tmp_path_factory.mktemp("store")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         result = train(gallery, folder, preset("scratch", **TINY), weights="none")
+    if _CACHE is not None:
+        (folder / "result.pickle").write_bytes(pickle.dumps(result))
     return folder, result
 
 

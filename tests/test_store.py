@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from facerank.errors import ImageError, StoreError, StoreLockedError, StoreMismatchError
+from facerank.folder_lock import FolderLock
 from facerank.model import FaceModel
 from facerank.store import FaceStore
+from facerank.store.database import Database
 
 
 def test_every_gallery_image_is_its_own_nearest_neighbour(store_copy):
@@ -137,18 +140,20 @@ def test_missing_store_and_empty_index_say_what_to_run(tmp_path, trained):
 
 def test_a_second_writer_is_refused(store_copy):
     store, gallery = store_copy
-    with store._lock():
+    with FolderLock(store.folder):
         with pytest.raises(StoreLockedError, match="another process"):
-            FaceStore.open(store.folder).remove(person="s1")
+            FaceStore.open(store.folder, lock_wait=0).remove(person="s1")
     assert len(FaceStore.open(store.folder)) == 50
 
 
-def test_old_generations_are_cleaned_up(store_copy):
+def test_old_index_files_are_cleaned_up(store_copy):
     store, gallery = store_copy
     for person in ("s1", "s2", "s3"):
         store.remove(person=person)
+        store.compact()
     files = sorted(p.name for p in store.folder.glob("index-*.faiss"))
-    assert len(files) == 2  # the current generation and the one before it
+    assert len(files) == 2  # the current index file and the one before it
+    assert len(FaceStore.open(store.folder)) == 20
 
 
 def test_the_index_kind_follows_the_gallery_size(store_copy, monkeypatch):
@@ -156,7 +161,9 @@ def test_the_index_kind_follows_the_gallery_size(store_copy, monkeypatch):
     assert store.info()["index_factory"] == "Flat"  # 50 faces: exact search
     # Pretend exact search stops paying off at 20 faces: the 50-face gallery outgrows it.
     monkeypatch.setattr("facerank.index.EXACT_MAX_FLOATS", 20 * 2048)
-    store._state["index_chosen_for"] = 20
+    with store.database.writing() as sql:
+        Database.set_meta(sql, index_chosen_for=20)
+        Database.bump_version(sql)
     report = store.sync_folder(gallery)
     assert report.added == 0 and report.reembedded == 0  # vectors were moved, not re-embedded
     assert store.info()["index_factory"].startswith("IVF")
@@ -165,3 +172,58 @@ def test_the_index_kind_follows_the_gallery_size(store_copy, monkeypatch):
     for photo in sorted(gallery.glob("*/*.pgm"))[::9]:
         nearest = reopened.closest(photo, k=1)[0]
         assert nearest.person == photo.parent.name and nearest.distance < 1e-3
+
+
+def test_a_renamed_gallery_resyncs_to_the_same_records(store_copy):
+    store, gallery = store_copy
+    before = {(r.id, Path(r.path).relative_to(gallery).as_posix()) for r in store.records}
+    renamed = gallery.with_name("renamed gallery")
+    gallery.rename(renamed)
+    (renamed / "s1" / "1.pgm").rename(renamed / "s1" / "first.pgm")  # and one file renamed
+    report = store.sync_folder(renamed)
+    assert (report.moved, report.added, report.reembedded, report.removed) == (50, 0, 0, 0)
+    after = {(r.id, Path(r.path).relative_to(renamed).as_posix()) for r in store.records}
+    assert len(store) == 50 and {i for i, _ in after} == {i for i, _ in before}
+    assert after - before == {(next(i for i, p in before if p == "s1/1.pgm"), "s1/first.pgm")}
+    assert store.closest(renamed / "s2" / "4.pgm", k=1)[0].path == str(renamed / "s2" / "4.pgm")
+    again = store.sync_folder(renamed)
+    assert (again.unchanged, again.moved, again.added) == (50, 0, 0)
+
+
+def test_one_enrolment_writes_a_few_rows_not_the_index(store_copy, tmp_path):
+    store, gallery = store_copy
+    store.compact()  # everything in the index file
+    index_files = {p: p.stat().st_mtime_ns for p in store.folder.glob("index-*.faiss")}
+    assert len(index_files) == 1
+    newcomer = tmp_path / "new.png"
+    Image.open(gallery / "s4" / "2.pgm").rotate(5).save(newcomer)
+    database = sorted(store.folder.glob("store.sqlite*"))
+    sizes = sum(p.stat().st_size for p in database)
+    assert store.add(newcomer, person="visitor").added == 1  # one path as a string is one file
+    # The index file is untouched; the database grew by about one vector (8 KiB) and its pages.
+    assert {p: p.stat().st_mtime_ns for p in store.folder.glob("index-*.faiss")} == index_files
+    grown = sum(p.stat().st_size for p in store.folder.glob("store.sqlite*")) - sizes
+    assert grown < 64 * 1024, grown
+    assert store.info()["pending_changes"] == 1
+    # A new process sees the enrolment: the index file plus the change log since.
+    reopened = FaceStore.open(store.folder)
+    assert reopened.closest(newcomer, k=1)[0].person == "visitor" and len(reopened) == 51
+
+
+def test_removing_images_deletes_the_uploads_the_store_owns(store_copy):
+    store, gallery = store_copy
+    uploads = store.folder / "uploads" / "visitor"
+    uploads.mkdir(parents=True)
+    photos = []
+    for i in range(3):
+        photos.append(uploads / f"{i}.png")
+        Image.open(gallery / "s5" / f"{i + 1}.pgm").save(photos[-1])
+    store.add(photos, person="visitor")
+    assert {Path(r.path) for r in store.records if r.person == "visitor"} == set(photos)
+    one = next(r.id for r in store.records if r.path == str(photos[0]))
+    store.remove(ids=[one])
+    assert not photos[0].exists() and photos[1].exists()
+    store.remove(person="visitor")
+    assert not any(p.exists() for p in photos)
+    store.remove(person="s5")
+    assert (gallery / "s5" / "1.pgm").exists()  # the gallery's own files are never deleted

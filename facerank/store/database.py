@@ -1,0 +1,295 @@
+"""The store's one source of truth: an SQLite database of records, their vectors and every change.
+
+    records       one row per indexed image (id, path, person, sha256, size, mtime_ns)
+    generations   one per model that embedded the records; the current one answers queries, a
+                  ``building`` one is a re-embed in progress, resumed by the next writer
+    vectors       (generation, record) -> float32 face print
+    changes       an append-only log (seq, record, added): what the index file does not hold yet
+    meta          key -> JSON: current generation, index file and the change it covers, index
+                  kind, calibration, and ``version``, bumped by every commit queries must see
+
+The FAISS index is derived from this database and carries the watermark (the last change it
+holds); everything after it is replayed from ``changes``. One write is one transaction, so a
+crash leaves the database as of its last commit; WAL mode lets readers in other processes read a
+consistent state while one writer works. The schema's version is ``PRAGMA user_version``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from facerank.store.results import Record
+
+#: PRAGMA user_version of the current schema. Format 1 was store.json + records-N.jsonl files.
+SCHEMA_VERSION = 2
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # AUTOINCREMENT: an id is never handed out twice, even after the highest one is removed, so
+    # an id in an old answer or an old index file can never name another image.
+    """CREATE TABLE IF NOT EXISTS records (
+           id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL, person TEXT NOT NULL,
+           sha256 TEXT NOT NULL, size INTEGER NOT NULL DEFAULT 0,
+           mtime_ns INTEGER NOT NULL DEFAULT 0)""",
+    "CREATE INDEX IF NOT EXISTS records_by_path ON records (path)",
+    "CREATE INDEX IF NOT EXISTS records_by_sha256 ON records (sha256)",
+    "CREATE INDEX IF NOT EXISTS records_by_person ON records (person)",
+    """CREATE TABLE IF NOT EXISTS generations (
+           id INTEGER PRIMARY KEY AUTOINCREMENT, model_identity TEXT NOT NULL,
+           dim INTEGER NOT NULL, status TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS vectors (
+           generation INTEGER NOT NULL, record INTEGER NOT NULL, vector BLOB NOT NULL,
+           PRIMARY KEY (generation, record))""",
+    """CREATE TABLE IF NOT EXISTS changes (
+           seq INTEGER PRIMARY KEY AUTOINCREMENT, record INTEGER NOT NULL,
+           added INTEGER NOT NULL)""",
+)
+
+_RECORD_COLUMNS = "id, path, person, sha256, size, mtime_ns"
+
+
+class Database:
+    """The store's SQLite file, with one connection per thread (sqlite3's rule).
+
+    >>> database = Database("faces/store.sqlite")
+    >>> with database.writing() as sql:
+    ...     database.set_meta(sql, calibration={"threshold": 0.8})
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._local = threading.local()
+
+    def connection(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            # Autocommit mode: transactions are opened explicitly below, reads included, so
+            # that several SELECTs see one state.
+            connection = sqlite3.connect(self.path, timeout=60.0, isolation_level=None,
+                                         check_same_thread=False)
+            connection.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before it returns, so a committed enrolment survives a
+            # power cut too, not only a killed process.
+            connection.execute("PRAGMA synchronous=FULL")
+            self._local.connection = connection
+        return connection
+
+    def close(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+    @contextmanager
+    def writing(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed as a whole on success, rolled back otherwise."""
+        connection = self.connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield connection
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: every SELECT inside it sees the same committed state."""
+        connection = self.connection()
+        connection.execute("BEGIN")
+        try:
+            yield connection
+        finally:
+            connection.execute("COMMIT")
+
+    # -- schema ----------------------------------------------------------------------------------
+
+    def is_initialised(self) -> bool:
+        if not self.path.exists():
+            return False
+        with self.reading() as sql:
+            version = sql.execute("PRAGMA user_version").fetchone()[0]
+            return version != 0 and self.meta(sql, "format") is not None
+
+    def schema_version(self) -> int:
+        with self.reading() as sql:
+            return sql.execute("PRAGMA user_version").fetchone()[0]
+
+    @staticmethod
+    def create_schema(sql: sqlite3.Connection) -> None:
+        """Create the tables inside the caller's write transaction (SQLite's DDL is
+        transactional: a crash before the commit leaves no half-made schema)."""
+        for statement in _SCHEMA:
+            sql.execute(statement)
+        sql.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    # -- meta ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def meta(sql: sqlite3.Connection, key: str, default=None):
+        row = sql.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    @staticmethod
+    def all_meta(sql: sqlite3.Connection) -> dict:
+        return {key: json.loads(value) for key, value in sql.execute("SELECT key, value FROM meta")}
+
+    @staticmethod
+    def set_meta(sql: sqlite3.Connection, **values) -> None:
+        sql.executemany("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO "
+                        "UPDATE SET value = excluded.value",
+                        [(key, json.dumps(value)) for key, value in values.items()])
+
+    @classmethod
+    def bump_version(cls, sql: sqlite3.Connection) -> int:
+        """Mark a change queries must see; returns the new version."""
+        version = int(cls.meta(sql, "version", 0)) + 1
+        cls.set_meta(sql, version=version)
+        return version
+
+    @staticmethod
+    def version(sql: sqlite3.Connection) -> int:
+        row = sql.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    # -- records ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def insert_record(sql: sqlite3.Connection, record: Record, *, with_id: bool = False) -> int:
+        if with_id:
+            sql.execute(f"INSERT INTO records ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                        (record.id, record.path, record.person, record.sha256, record.size,
+                         record.mtime_ns))
+            return record.id
+        cursor = sql.execute("INSERT INTO records (path, person, sha256, size, mtime_ns) "
+                             "VALUES (?, ?, ?, ?, ?)", (record.path, record.person, record.sha256,
+                                                        record.size, record.mtime_ns))
+        return int(cursor.lastrowid)
+
+    @staticmethod
+    def delete_records(sql: sqlite3.Connection, ids: Sequence[int]) -> None:
+        """Delete records, their vectors in every generation, and log their removal."""
+        for start in range(0, len(ids), 10_000):
+            chunk = [(int(i),) for i in ids[start:start + 10_000]]
+            sql.executemany("DELETE FROM records WHERE id = ?", chunk)
+            sql.executemany("DELETE FROM vectors WHERE record = ?", chunk)
+            sql.executemany("INSERT INTO changes (record, added) VALUES (?, 0)", chunk)
+
+    @staticmethod
+    def update_file(sql: sqlite3.Connection, record_id: int, *, path: str | None = None,
+                    sha256: str | None = None, size: int, mtime_ns: int) -> None:
+        """A record's file seen again: moved (new path), touched (new stat) or rewritten in
+        place with the same face (new hash, re-embedded under the same id)."""
+        sql.execute("UPDATE records SET path = COALESCE(?, path), sha256 = COALESCE(?, sha256), "
+                    "size = ?, mtime_ns = ? WHERE id = ?",
+                    (path, sha256, size, mtime_ns, int(record_id)))
+
+    @staticmethod
+    def records(sql: sqlite3.Connection, where: str = "", parameters: Iterable = ()
+                ) -> list[Record]:
+        rows = sql.execute(f"SELECT {_RECORD_COLUMNS} FROM records {where} ORDER BY id",
+                           tuple(parameters))
+        return [Record(*row) for row in rows]
+
+    @staticmethod
+    def records_by_id(sql: sqlite3.Connection, ids: Iterable[int]) -> dict[int, Record]:
+        wanted = sorted({int(i) for i in ids})
+        found: dict[int, Record] = {}
+        for start in range(0, len(wanted), 900):
+            chunk = wanted[start:start + 900]
+            marks = ",".join("?" * len(chunk))
+            for row in sql.execute(f"SELECT {_RECORD_COLUMNS} FROM records WHERE id IN ({marks})",
+                                   chunk):
+                found[row[0]] = Record(*row)
+        return found
+
+    @staticmethod
+    def count(sql: sqlite3.Connection) -> int:
+        return int(sql.execute("SELECT count(*) FROM records").fetchone()[0])
+
+    # -- generations and vectors -----------------------------------------------------------------
+
+    @staticmethod
+    def generation(sql: sqlite3.Connection, generation_id: int) -> tuple[str, int, str] | None:
+        """(model identity, dim, status) of a generation."""
+        return sql.execute("SELECT model_identity, dim, status FROM generations WHERE id = ?",
+                           (int(generation_id),)).fetchone()
+
+    @staticmethod
+    def building_generation(sql: sqlite3.Connection, model_identity: str) -> int | None:
+        row = sql.execute("SELECT id FROM generations WHERE status = 'building' AND "
+                          "model_identity = ? ORDER BY id DESC", (model_identity,)).fetchone()
+        return None if row is None else int(row[0])
+
+    @staticmethod
+    def new_generation(sql: sqlite3.Connection, model_identity: str, dim: int, status: str) -> int:
+        # A building generation of another model (a retrain interrupted, then another retrain)
+        # can never become current: its vectors go.
+        stale = [row[0] for row in sql.execute(
+            "SELECT id FROM generations WHERE status = 'building'")]
+        for old in stale:
+            sql.execute("DELETE FROM vectors WHERE generation = ?", (old,))
+            sql.execute("UPDATE generations SET status = 'abandoned' WHERE id = ?", (old,))
+        cursor = sql.execute("INSERT INTO generations (model_identity, dim, status) "
+                             "VALUES (?, ?, ?)", (model_identity, int(dim), status))
+        return int(cursor.lastrowid)
+
+    @staticmethod
+    def insert_vectors(sql: sqlite3.Connection, generation_id: int, ids: Sequence[int],
+                       vectors: np.ndarray) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        sql.executemany("INSERT OR REPLACE INTO vectors (generation, record, vector) "
+                        "VALUES (?, ?, ?)",
+                        [(int(generation_id), int(i), v.tobytes()) for i, v in zip(ids, vectors)])
+
+    @staticmethod
+    def log_added(sql: sqlite3.Connection, ids: Sequence[int]) -> None:
+        sql.executemany("INSERT INTO changes (record, added) VALUES (?, 1)",
+                        [(int(i),) for i in ids])
+
+    @staticmethod
+    def last_change(sql: sqlite3.Connection) -> int:
+        row = sql.execute("SELECT max(seq) FROM changes").fetchone()
+        stored = Database.meta(sql, "index_watermark", 0)
+        return max(int(row[0] or 0), int(stored or 0))
+
+    @staticmethod
+    def vectors(sql: sqlite3.Connection, generation_id: int, ids: Sequence[int], dim: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of ``ids`` that have a vector in the generation, in ``ids`` order."""
+        found: dict[int, bytes] = {}
+        wanted = [int(i) for i in ids]
+        for start in range(0, len(wanted), 900):
+            chunk = wanted[start:start + 900]
+            marks = ",".join("?" * len(chunk))
+            found.update(sql.execute(f"SELECT record, vector FROM vectors WHERE generation = ? "
+                                     f"AND record IN ({marks})", [int(generation_id), *chunk]))
+        kept = [i for i in wanted if i in found]
+        matrix = np.empty((len(kept), dim), np.float32)
+        for row, record_id in enumerate(kept):
+            matrix[row] = np.frombuffer(found[record_id], np.float32)
+        return np.array(kept, np.int64), matrix
+
+    @staticmethod
+    def vector_ids(sql: sqlite3.Connection, generation_id: int) -> np.ndarray:
+        rows = sql.execute("SELECT record FROM vectors WHERE generation = ? ORDER BY record",
+                           (int(generation_id),)).fetchall()
+        return np.array([row[0] for row in rows], np.int64)
+
+    @staticmethod
+    def records_without_vector(sql: sqlite3.Connection, generation_id: int) -> list[Record]:
+        return Database.records(sql, "WHERE id NOT IN (SELECT record FROM vectors WHERE "
+                                     "generation = ?)", (int(generation_id),))
+
+    @staticmethod
+    def changes_after(sql: sqlite3.Connection, seq: int) -> list[tuple[int, int, int]]:
+        """(seq, record, added) after ``seq``, oldest first."""
+        return sql.execute("SELECT seq, record, added FROM changes WHERE seq > ? ORDER BY seq",
+                           (int(seq),)).fetchall()

@@ -1,0 +1,462 @@
+"""``FaceStore``: a model and its gallery index, opened once to answer many queries.
+
+Queries read the current snapshot once (``facerank.store.snapshot``) and answer from it; a
+write takes the folder's lock, works through ``facerank.store.ingest`` and publishes a new
+snapshot after each commit. Another process's commits are picked up at the next query (the
+database's version is one cheap read).
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from facerank import __version__
+from facerank.config import CONFIG_FILE, read_config
+from facerank.errors import NoFaceError, StoreError, StoreMismatchError
+from facerank.face_cache import face_finder
+from facerank.faces import Face
+from facerank.folder_lock import FolderLock
+from facerank.gallery import scan_gallery
+from facerank.images import ImageInput, describe, is_image_input, load_image
+from facerank.index import DEFAULT_FACTORY, IndexPlan, choose_index
+from facerank.runtime import load_model
+from facerank.store import layout
+from facerank.store.database import Database
+from facerank.store.ingest import COMMIT_EVERY, Writer
+from facerank.store.migrate import FORMAT, prepare
+from facerank.store.results import (ChangeReport, FaceAnswer, Match, Prediction, Record,
+                                    Verification)
+from facerank.store.snapshot import Snapshot, read_snapshot
+
+#: How long a write waits for another writer to finish before saying the store is busy.
+LOCK_WAIT = 10.0
+
+
+class FaceStore:
+    """A model and its gallery index, opened once to answer many queries.
+
+    >>> store = FaceStore.open("faces/")
+    >>> store.closest("photo.jpg", k=3)[0]
+    Match(rank=0, person='ada', distance=0.41, path='gallery/ada/2.jpg', id=17)
+    >>> store.classify("photo.jpg", top_k=2)
+    [Prediction(rank=0, person='ada', probability=0.93), Prediction(rank=1, ...)]
+    """
+
+    def __init__(self, folder: Path, database: Database, snapshot: Snapshot, *,
+                 device: str = "cpu", runtime: str | None = None,
+                 lock_wait: float | None = LOCK_WAIT):
+        self.folder = folder
+        self.database = database
+        self._snapshot = snapshot
+        self._device, self._runtime = device, runtime
+        self.lock_wait = lock_wait
+        self._refreshing = threading.Lock()
+        self._writing_here = threading.Lock()  # the flock excludes other threads too; this
+        # lets them queue instead of failing after lock_wait
+
+    # -- opening ---------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, folder: str | Path, *, device: str = "cpu", runtime: str | None = None,
+             lock_wait: float | None = LOCK_WAIT) -> "FaceStore":
+        """Open a store made by ``facerank train``; the index may still be empty.
+
+        ``runtime``: ``"auto"`` (default, or ``$FACERANK_RUNTIME``), ``"onnxruntime"`` or
+        ``"torch"`` — which engine runs the network; see ``facerank.runtime``. ``lock_wait``:
+        seconds a write waits for another writer (None: as long as it takes). A store of an
+        older format is migrated on first open.
+        """
+        folder = Path(folder)
+        if not (folder / CONFIG_FILE).exists():
+            if not folder.exists():
+                raise StoreError(f"no store at {folder}: run `facerank train GALLERY --store "
+                                 f"{folder}` to make one")
+            raise StoreError(f"{folder} is not a facerank store (no {CONFIG_FILE}); run "
+                             f"`facerank train GALLERY --store {folder}`")
+        # The face detector loads on another thread while the network loads.
+        faces = face_finder(read_config(folder), folder)
+        faces.preload()
+        model = load_model(folder, device=device, runtime=runtime)
+        database = Database(folder / layout.DATABASE_FILE)
+        prepare(folder, database, model.config, lock_wait=lock_wait)
+        snapshot = read_snapshot(folder, database, model, faces)
+        return cls(folder, database, snapshot, device=device, runtime=runtime,
+                   lock_wait=lock_wait)
+
+    def snapshot(self) -> Snapshot:
+        """The store's current state, as one query should read it (refreshed if another
+        process or thread committed since)."""
+        snapshot = self._snapshot
+        with self.database.reading() as sql:
+            version = Database.version(sql)
+        if version == snapshot.version:
+            return snapshot
+        with self._refreshing:
+            if self._snapshot.version != snapshot.version:
+                return self._snapshot  # another thread refreshed meanwhile
+            model, faces = snapshot.model, snapshot.faces
+            if read_config(self.folder).fingerprint != model.config.fingerprint:
+                model = load_model(self.folder, device=self._device, runtime=self._runtime)
+                faces = face_finder(model.config, self.folder)
+            self._snapshot = read_snapshot(self.folder, self.database, model, faces,
+                                           previous=snapshot)
+            return self._snapshot
+
+    def _publish(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+
+    # -- what it holds ---------------------------------------------------------------------------
+
+    @property
+    def model(self):
+        """The network answering queries: a FaceModel (torch) or an OnnxFaceModel."""
+        return self.snapshot().model
+
+    @property
+    def faces(self):
+        """The model's face step, with detections cached in the store."""
+        return self.snapshot().faces
+
+    @property
+    def is_stale(self) -> bool:
+        """True when the index was embedded by another model than the store's current one."""
+        snapshot = self.snapshot()
+        if snapshot.is_stale:
+            return True
+        on_disk = read_config(self.folder)
+        return snapshot.records > 0 and on_disk.identity != snapshot.model_identity
+
+    @property
+    def records(self) -> list[Record]:
+        with self.database.reading() as sql:
+            return [self._resolved(r) for r in Database.records(sql)]
+
+    @property
+    def people(self) -> list[str]:
+        """The people the classifier knows (``classify`` answers among these)."""
+        return list(self.model.config.people)
+
+    def __len__(self) -> int:
+        return self.snapshot().count
+
+    def record(self, record_id: int) -> Record | None:
+        """The record of an indexed image, or None."""
+        with self.database.reading() as sql:
+            found = Database.records_by_id(sql, [record_id]).get(int(record_id))
+        return None if found is None else self._resolved(found)
+
+    @property
+    def threshold(self) -> float | None:
+        """The calibrated same-person distance threshold, if any (see ``calibrate``)."""
+        return _threshold(self.snapshot())
+
+    def info(self) -> dict:
+        snapshot = self.snapshot()
+        with self.database.reading() as sql:
+            counts = dict(sql.execute("SELECT person, count(*) FROM records GROUP BY person"))
+        config = snapshot.model.config
+        meta = snapshot.meta
+        return {
+            "store": str(self.folder), "format_version": FORMAT,
+            "facerank_version": meta.get("created_by", __version__),
+            "images": snapshot.count, "indexed_people": len(counts),
+            "classifier_people": len(config.people), "image_size": config.image_size,
+            "embedding_dim": config.embedding_dim,
+            "normalized_embeddings": config.normalize_embeddings,
+            "weights_origin": config.weights_origin, "model_fingerprint": config.fingerprint,
+            "runtime": snapshot.model.runtime, "precision": snapshot.model.precision,
+            "index_factory": meta.get("index_factory", DEFAULT_FACTORY),
+            "index_is_stale": self.is_stale, "faces": config.faces.to_json(),
+            "threshold": _threshold(snapshot),
+            "pending_changes": len(snapshot.delta) + len(snapshot.removed),
+            "images_per_person": dict(sorted(counts.items())),
+        }
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    def embed(self, images: ImageInput | Sequence[ImageInput], *, batch_size: int = 32
+              ) -> np.ndarray:
+        """Embeddings as stored in the index: 1-D for one image, 2-D for a list."""
+        snapshot = self.snapshot()
+        single, inputs = _model_inputs(snapshot, images)
+        vectors = snapshot.model.embed(inputs, batch_size=batch_size)
+        return vectors[0] if single else vectors
+
+    def closest(self, images: ImageInput | Sequence[ImageInput], *, k: int = 5
+                ) -> list[Match] | list[list[Match]]:
+        """The ``k`` nearest gallery images of each query (a list per query for a list)."""
+        snapshot = self._queryable()
+        single, inputs = _model_inputs(snapshot, images)
+        answers = self._search(snapshot, snapshot.model.embed(inputs), k)
+        return answers[0] if single else answers
+
+    def classify(self, images: ImageInput | Sequence[ImageInput], *, top_k: int = 5
+                 ) -> list[Prediction] | list[list[Prediction]]:
+        """The ``top_k`` most probable people of each query, by the fine-tuned head."""
+        snapshot = self.snapshot()
+        single, inputs = _model_inputs(snapshot, images)
+        _, probabilities = snapshot.model.embed_and_classify(inputs)
+        answers = [_predictions(snapshot, row, top_k) for row in probabilities]
+        return answers[0] if single else answers
+
+    def query(self, images: ImageInput | Sequence[ImageInput], *, k: int = 5, top_k: int = 5):
+        """``(closest, classify)`` from one forward pass per image."""
+        snapshot = self._queryable()
+        single, inputs = _model_inputs(snapshot, images)
+        vectors, probabilities = snapshot.model.embed_and_classify(inputs)
+        matches = self._search(snapshot, vectors, k)
+        predictions = [_predictions(snapshot, row, top_k) for row in probabilities]
+        return (matches[0], predictions[0]) if single else (matches, predictions)
+
+    def identify(self, images: ImageInput | Sequence[ImageInput], *, k: int = 5, top_k: int = 5,
+                 every: bool = True) -> list[FaceAnswer] | list[list[FaceAnswer]]:
+        """One answer per face in each photo, largest face first: box, landmarks, top people,
+        closest gallery images and, once calibrated, whether the face is unknown.
+
+        A photo without a face gives ``[]`` (under the ``skip`` policy) or one answer for the
+        whole image (under ``whole``, with ``face`` None). ``every=False``: the largest face only.
+
+        >>> for face in store.identify("group.jpg"):
+        ...     print(face.box, face.people[0].person, face.matches[0].path)
+        """
+        snapshot = self._queryable()
+        single, loaded = _load_all(images)
+        per_photo = [snapshot.faces.inputs(image, every=every) for image in loaded]
+        flat = [item for inputs in per_photo for item in inputs]
+        vectors, probabilities = snapshot.model.embed_and_classify([item.image for item in flat])
+        matches = self._search(snapshot, vectors, k) if flat else []
+        threshold = _threshold(snapshot)
+        answers, position = [], 0
+        for inputs in per_photo:
+            photo = []
+            for item in inputs:
+                nearest = matches[position]
+                photo.append(FaceAnswer(
+                    face=item.face, people=_predictions(snapshot, probabilities[position], top_k),
+                    matches=nearest, unknown=_is_unknown(threshold, nearest[0] if nearest else None)))
+                position += 1
+            answers.append(photo)
+        return answers[0] if single else answers
+
+    def find_faces(self, image: ImageInput) -> list[Face]:
+        """Every face the store's face step finds in ``image``, largest first (no network)."""
+        return self.faces.find(load_image(image))
+
+    def verify(self, image_a: ImageInput, image_b: ImageInput) -> Verification:
+        """Same person or not, by the distance between the two face prints.
+
+        >>> store.verify("a.jpg", "b.jpg")
+        Verification(distance=0.21, threshold=0.24, same=True)
+        """
+        snapshot = self.snapshot()
+        vectors = snapshot.model.embed(_model_inputs(snapshot, [image_a, image_b])[1])
+        distance = float(np.linalg.norm(vectors[0] - vectors[1]))
+        threshold = _threshold(snapshot)
+        return Verification(distance=distance, threshold=threshold,
+                            same=None if threshold is None else distance <= threshold)
+
+    def search_vectors(self, vectors: np.ndarray, *, k: int = 5) -> list[list[Match]]:
+        """``closest`` for embeddings already computed (by ``embed``)."""
+        snapshot = self._queryable()
+        return self._search(snapshot, np.atleast_2d(vectors), k)
+
+    def is_unknown(self, match: Match | None) -> bool | None:
+        """Whether a nearest match is too far to name anyone (None: no threshold calibrated)."""
+        return _is_unknown(self.threshold, match)
+
+    def _search(self, snapshot: Snapshot, vectors: np.ndarray, k: int) -> list[list[Match]]:
+        distances, ids = snapshot.search(vectors, k)
+        with self.database.reading() as sql:
+            records = Database.records_by_id(sql, ids[ids >= 0].tolist())
+        answers = []
+        for row_distances, row_ids in zip(distances, ids):
+            matches = []
+            for distance, record_id in zip(row_distances, row_ids):
+                record = records.get(int(record_id))
+                # A record deleted since this snapshot was taken: its file may be gone too, so
+                # it is not offered (the next snapshot no longer holds it).
+                if record_id < 0 or record is None:
+                    continue
+                matches.append(Match(rank=len(matches), person=record.person,
+                                     distance=float(distance),
+                                     path=layout.resolved_path(self.folder, record.path),
+                                     id=record.id))
+            answers.append(matches)
+        return answers
+
+    def _queryable(self) -> Snapshot:
+        snapshot = self.snapshot()
+        if snapshot.is_stale:
+            raise StoreMismatchError(
+                f"the index of {self.folder} was embedded by another model or preprocessing "
+                f"(identity {snapshot.model_identity[:12]}, the store's model is "
+                f"{snapshot.model.config.identity[:12]}); run `facerank index build GALLERY "
+                f"--store {self.folder}` to re-embed it")
+        if snapshot.count == 0:
+            raise StoreError(f"the index of {self.folder} is empty: run `facerank index build "
+                             f"GALLERY --store {self.folder}`")
+        return snapshot
+
+    def _resolved(self, record: Record) -> Record:
+        path = layout.resolved_path(self.folder, record.path)
+        return record if path == record.path else Record(
+            record.id, path, record.person, record.sha256, record.size, record.mtime_ns)
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def add(self, paths: Iterable[str | Path] | str | Path, *, person: str | Sequence[str],
+            show_progress: bool = False, commit_every: int = COMMIT_EVERY) -> ChangeReport:
+        """Embed and index image files as ``person`` (one name, or one per path).
+
+        A path already indexed with the same content is left as it is; with new content it is
+        re-embedded. Unreadable files are skipped and listed in the report.
+        """
+        paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+        people = [person] * len(paths) if isinstance(person, str) else list(person)
+        if len(people) != len(paths):
+            raise ValueError(f"{len(people)} people for {len(paths)} paths")
+        for name in set(people):
+            _check_person_name(name)
+        with self._writer(show_progress, commit_every) as writer:
+            writer.reembed_if_stale()
+            writer.fit_index(writer.snapshot.count + len(paths))
+            writer.ingest(list(zip(paths, people)))
+            return writer.report.deduplicate()
+
+    def remove(self, *, ids: Iterable[int] = (), paths: Iterable[str | Path] = (),
+               person: str | None = None) -> ChangeReport:
+        """Remove images by record id, by path, or every image of a person. Photos the store
+        owns (enrolled through the server) are deleted with their last record."""
+        wanted_paths = [layout.stored_path(self.folder, p) for p in paths]
+        with self._writer(False, COMMIT_EVERY) as writer:
+            with self.database.reading() as sql:
+                doomed = {int(i) for i in ids}
+                doomed |= {r.id for path in wanted_paths
+                           for r in Database.records(sql, "WHERE path = ?", (path,))}
+                if person is not None:
+                    doomed |= {r.id for r in Database.records(sql, "WHERE person = ?", (person,))}
+            writer.remove(sorted(doomed))
+            return writer.report
+
+    def sync_folder(self, gallery: str | Path, *, show_progress: bool = False,
+                    commit_every: int = COMMIT_EVERY) -> ChangeReport:
+        """Make the index match a gallery folder: embed new and changed files, drop deleted ones.
+
+        Only records whose path lies under ``gallery`` are compared; images added from
+        elsewhere are kept. Unchanged files (same size and modification time, or same content)
+        are not embedded again, nor are files found again at a new path (a moved or renamed
+        gallery): their records follow them.
+        """
+        scanned = scan_gallery(gallery)
+        root = layout.absolute(scanned.root) + "/"
+        with self._writer(show_progress, commit_every) as writer:
+            writer.report.skipped.extend(scanned.problems)
+            writer.reembed_if_stale()
+            present = {layout.absolute(image.path): image for image in scanned.images}
+            with self.database.reading() as sql:
+                total = Database.count(sql)
+                under = Database.records(sql, "WHERE substr(path, 1, ?) = ?", (len(root), root))
+            writer.fit_index(len(present) + total - len(under))
+            writer.ingest([(image.path, image.person) for image in present.values()])
+            # After the ingest, which may have found some of them again at a new path.
+            with self.database.reading() as sql:
+                under = Database.records(sql, "WHERE substr(path, 1, ?) = ?", (len(root), root))
+            writer.remove([r.id for r in under if r.path not in present])
+            return writer.report.deduplicate()
+
+    def set_calibration(self, calibration: dict) -> None:
+        """Store a verification threshold (see ``facerank.calibrate``) for the current model."""
+        with self._writer(False, COMMIT_EVERY) as writer:
+            with self.database.writing() as sql:
+                Database.set_meta(sql, calibration={
+                    **calibration, "model_identity": writer.model.config.identity})
+                Database.bump_version(sql)
+
+    def compact(self) -> None:
+        """Fold the changes since the last index file into a new one (done automatically once
+        they grow; see ``facerank.store.snapshot``)."""
+        with self._writer(False, COMMIT_EVERY) as writer:
+            writer.compact()
+
+    def reindex(self, *, factory: str | None = None) -> str:
+        """Rebuild the index from the stored vectors (nothing is re-embedded): of ``factory``
+        (a FAISS factory string), else of the kind ``choose_index`` picks for its size. Returns
+        the factory. Queries keep the current index until the new one is switched in.
+
+        >>> store.reindex(factory="IVF1024,Flat")
+        """
+        with self._writer(False, COMMIT_EVERY) as writer:
+            count = writer.snapshot.count
+            plan = (choose_index(count, writer.snapshot.dim) if factory is None
+                    else IndexPlan.for_factory(factory))
+            writer.rebuild(plan, chosen_for=count)
+            return plan.factory
+
+    @contextmanager
+    def _writer(self, show_progress: bool, commit_every: int) -> Iterator[Writer]:
+        """Hold the store's lock, starting from what is on disk now, not from when we opened:
+        another process may have committed since, and writing our older state would undo it."""
+        with self._writing_here, FolderLock(self.folder, wait=self.lock_wait):
+            snapshot = self.snapshot()
+            model, faces = snapshot.model, snapshot.faces
+            if read_config(self.folder).fingerprint != model.config.fingerprint:
+                # Retrained: the new model re-embeds; queries keep the old one until it is done.
+                model = load_model(self.folder, device=self._device, runtime=self._runtime)
+                faces = face_finder(model.config, self.folder)
+            yield Writer(self.folder, self.database, snapshot, model, faces, self._publish,
+                         show_progress=show_progress, commit_every=commit_every)
+
+
+def _threshold(snapshot: Snapshot) -> float | None:
+    calibration = snapshot.meta.get("calibration") or {}
+    if calibration.get("model_identity") != snapshot.model.config.identity:
+        return None  # calibrated for another model: meaningless now
+    return calibration.get("threshold")
+
+
+def _is_unknown(threshold: float | None, match: Match | None) -> bool | None:
+    if threshold is None:
+        return None
+    return match is None or match.distance > threshold
+
+
+def _predictions(snapshot: Snapshot, probabilities: np.ndarray, top_k: int) -> list[Prediction]:
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    order = np.argsort(-probabilities, kind="stable")[:top_k]
+    people = snapshot.model.config.people
+    return [Prediction(rank=rank, person=people[i], probability=float(probabilities[i]))
+            for rank, i in enumerate(order)]
+
+
+def _model_inputs(snapshot: Snapshot, images) -> tuple[bool, list]:
+    """(was it one image, the network's input for each): its largest face, aligned."""
+    single, loaded = _load_all(images)
+    sources = [images] if single else list(images)
+    inputs = []
+    for source, image in zip(sources, loaded):
+        found = snapshot.faces.inputs(image)
+        if not found:
+            raise NoFaceError(describe(source))
+        inputs.append(found[0].image)
+    return single, inputs
+
+
+def _load_all(images) -> tuple[bool, list]:
+    """(was it a single image, the images loaded as RGB)."""
+    if is_image_input(images):
+        return True, [load_image(images)]
+    if not isinstance(images, (list, tuple)):
+        raise TypeError(f"expected an image or a list of images, got {describe(images)}")
+    return False, [load_image(image) for image in images]
+
+
+def _check_person_name(name: str) -> None:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"a person's name must be a non-empty string, got {name!r}")
+

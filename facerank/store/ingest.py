@@ -1,0 +1,436 @@
+"""Writing a store: embed files into records, remove them, re-embed after a retrain, rebuild the
+index for another kind, compact.
+
+Every step commits to the database in small transactions (one embedding batch each) and then
+publishes the next snapshot, so a crash loses at most the batch in flight and queries see each
+batch whole. Work that replaces the whole index (a re-embed, another index kind, a compaction)
+is built beside the current state and switched to in one transaction; until then the current
+state answers, and a crash leaves it as it was, with the pending work resumed by the next
+writer (the vectors of a re-embed are committed as they come).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from facerank.errors import ImageError
+from facerank.faces import FaceFinder
+from facerank.images import load_image
+from facerank.index import DEFAULT_FACTORY, FaceIndex, IndexPlan, choose_index
+from facerank.progress import Progress
+from facerank.store import layout
+from facerank.store.database import Database
+from facerank.store.results import ChangeReport, Record, file_sha256
+from facerank.store.snapshot import Delta, Snapshot
+
+#: Images per transaction while embedding: one batch of the network. A crash loses at most this
+#: many; each commit costs an fsync or two (~ms), small beside embedding 32 faces.
+COMMIT_EVERY = 32
+#: Vectors read from the database at a time while an index is built from it.
+READ_CHUNK = 8192
+NO_FACE = "no face found"
+
+
+class Writer:
+    """One write to a store, holding its lock: the steps below, in the order a write needs them.
+
+    ``snapshot`` is the state this write has reached (published after each commit);
+    ``model``/``faces`` are the store's current model, which differs from the snapshot's until a
+    re-embed switches to it.
+    """
+
+    def __init__(self, folder: Path, database: Database, snapshot: Snapshot, model, faces,
+                 publish: Callable[[Snapshot], None], *, show_progress: bool = False,
+                 commit_every: int = COMMIT_EVERY, report: ChangeReport | None = None):
+        self.folder, self.database = folder, database
+        self.snapshot, self.model, self.faces = snapshot, model, faces
+        self._publish = publish
+        self.show_progress = show_progress
+        self.batch = max(1, min(commit_every, COMMIT_EVERY))
+        self.report = report or ChangeReport()
+
+    def publish(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self._publish(snapshot)
+
+    # -- adding files ----------------------------------------------------------------------------
+
+    def ingest(self, items: list[tuple[Path, str]]) -> None:
+        """Embed ``(path, person)`` files not indexed yet or changed since; skip the rest."""
+        with self.database.reading() as sql:
+            by_path = {}
+            for path, _ in items:
+                stored = layout.stored_path(self.folder, path)
+                rows = Database.records(sql, "WHERE path = ?", (stored,))
+                if rows:
+                    by_path[stored] = rows[-1]
+        pending: list[_Item] = []
+        for path, person in items:
+            old = by_path.get(layout.stored_path(self.folder, path))
+            if old is not None and old.person == person:
+                try:
+                    info = os.stat(path)
+                except OSError:
+                    info = None
+                if info and info.st_size == old.size and info.st_mtime_ns == old.mtime_ns:
+                    self.report.unchanged += 1
+                    continue
+            pending.append(_Item(Path(path), person, old))
+        if not self.snapshot.base.is_built or len(self.snapshot.base) == 0:
+            # An approximate index trains on the first vectors it is given; galleries come
+            # person by person, so a seeded shuffle makes that sample cover everyone.
+            random.Random(len(pending)).shuffle(pending)
+        self._embed(pending, self._commit_new, find_moved=True)
+
+    def _commit_new(self, outcomes: list["_Read"], vectors: np.ndarray | None) -> None:
+        embedded = [o for o in outcomes if o.image is not None]
+        touched = [o for o in outcomes if o.unchanged]
+        moved = [o for o in outcomes if o.moved is not None]
+        replaced = [o.old.id for o in embedded if o.old is not None]
+        generation = self.snapshot.generation
+        with self.database.writing() as sql:
+            Database.delete_records(sql, replaced)
+            new_ids = [Database.insert_record(sql, Record(
+                0, layout.stored_path(self.folder, o.path), o.person, o.sha256, o.size,
+                o.mtime_ns)) for o in embedded]
+            if new_ids:
+                Database.insert_vectors(sql, generation, new_ids, vectors)
+                Database.log_added(sql, new_ids)
+            for outcome in touched:
+                Database.update_file(sql, outcome.old.id, size=outcome.size,
+                                     mtime_ns=outcome.mtime_ns)
+            for outcome in moved:
+                Database.update_file(sql, outcome.moved.id,
+                                     path=layout.stored_path(self.folder, outcome.path),
+                                     size=outcome.size, mtime_ns=outcome.mtime_ns)
+            version = Database.bump_version(sql) if new_ids or replaced else None
+            seq = Database.last_change(sql)
+        self.report.updated += len(replaced)
+        self.report.added += len(new_ids) - len(replaced)
+        self.report.unchanged += len(touched)
+        self.report.moved += len(moved)
+        if version is not None:
+            self.publish(self.snapshot.changed(
+                added=(np.array(new_ids, np.int64), vectors), removed=replaced, seq=seq,
+                version=version))
+        if self.snapshot.needs_compaction:
+            self.compact()
+
+    # -- removing --------------------------------------------------------------------------------
+
+    def remove(self, ids: list[int]) -> list[Record]:
+        """Delete records (and the uploads the store owns that no record uses any more)."""
+        if not ids:
+            return []
+        with self.database.writing() as sql:
+            doomed = list(Database.records_by_id(sql, ids).values())
+            Database.delete_records(sql, [r.id for r in doomed])
+            version = Database.bump_version(sql)
+            seq = Database.last_change(sql)
+            owned = [r.path for r in doomed if layout.is_owned(r.path)]
+            still_used = {row[0] for row in sql.execute(
+                f"SELECT path FROM records WHERE path IN ({','.join('?' * len(owned))})",
+                owned)} if owned else set()
+        self.publish(self.snapshot.changed(removed=[r.id for r in doomed], seq=seq,
+                                           version=version))
+        for stored in set(owned) - still_used:
+            Path(layout.resolved_path(self.folder, stored)).unlink(missing_ok=True)
+        self.report.removed += len(doomed)
+        return doomed
+
+    # -- re-embedding after a retrain ------------------------------------------------------------
+
+    def reembed_if_stale(self) -> None:
+        """Give every record a vector from the current model, in a new generation built beside
+        the old one; switch to it when every record has one. Resumes an interrupted re-embed."""
+        config = self.model.config
+        snapshot = self.snapshot
+        if snapshot.model_identity == config.identity and snapshot.dim == config.embedding_dim:
+            return
+        with self.database.writing() as sql:
+            generation = Database.building_generation(sql, config.identity)
+            if generation is None:
+                generation = Database.new_generation(sql, config.identity, config.embedding_dim,
+                                                     "building")
+            todo = Database.records_without_vector(sql, generation)
+        items = [_Item(Path(layout.resolved_path(self.folder, r.path)), r.person, r, reembed=True)
+                 for r in todo]
+        random.Random(0).shuffle(items)  # the new index trains on a sample that covers everyone
+
+        def commit_vectors(outcomes: list[_Read], vectors: np.ndarray | None) -> None:
+            embedded = [o for o in outcomes if o.image is not None]
+            with self.database.writing() as sql:
+                if embedded:
+                    Database.insert_vectors(sql, generation, [o.old.id for o in embedded], vectors)
+                for outcome in embedded:
+                    if outcome.sha256 != outcome.old.sha256:
+                        Database.update_file(sql, outcome.old.id, sha256=outcome.sha256,
+                                             size=outcome.size, mtime_ns=outcome.mtime_ns)
+            self.report.reembedded += len(embedded)
+
+        self._embed(items, commit_vectors)
+        self._switch_generation(generation)
+
+    def _switch_generation(self, generation: int) -> None:
+        # Files that can no longer be read cannot be embedded by the new model: they leave the
+        # index first (each is listed in the report's ``skipped``).
+        with self.database.reading() as sql:
+            lost = [r.id for r in Database.records_without_vector(sql, generation)]
+        if lost:
+            self.remove(lost)
+        watermark = self.snapshot.seq
+        with self.database.reading() as sql:
+            count = len(Database.vector_ids(sql, generation))
+        plan = choose_index(count, self.model.config.embedding_dim)
+        index_file = self._build_index(generation, plan, watermark)
+        with self.database.writing() as sql:
+            old = int(Database.meta(sql, "generation"))
+            sql.execute("UPDATE generations SET status = 'retired' WHERE id = ?", (old,))
+            sql.execute("UPDATE generations SET status = 'current' WHERE id = ?", (generation,))
+            sql.execute("DELETE FROM vectors WHERE generation = ?", (old,))
+            self._switch_index(sql, index_file, watermark, plan.factory, generation=generation,
+                               index_chosen_for=count)
+            version = Database.bump_version(sql)
+        self.publish(Snapshot(
+            model=self.model, faces=self.faces, generation=generation,
+            model_identity=self.model.config.identity, dim=self.model.config.embedding_dim,
+            base=self._loaded(index_file, plan.factory), base_file=index_file,
+            watermark=watermark, seq=watermark, version=version, count=count, records=count,
+            meta=self._meta()))
+
+    # -- the index kind, and compaction ----------------------------------------------------------
+
+    def fit_index(self, expected: int) -> None:
+        """Give the index the kind ``choose_index`` picks for ``expected`` images.
+
+        An empty store simply starts with it. A filled one changes kind only once it has doubled
+        or halved since its index was chosen, so that a gallery hovering near a threshold does
+        not rebuild at every sync. The vectors come from the database: nothing is re-embedded.
+        """
+        plan = choose_index(expected, self.model.config.embedding_dim)
+        meta = self.snapshot.meta
+        if plan.factory == meta.get("index_factory", DEFAULT_FACTORY):
+            return
+        count = self.snapshot.count
+        chosen_for = int(meta.get("index_chosen_for") or count or 1)
+        if count and chosen_for / 2 < expected < chosen_for * 2:
+            return
+        self.rebuild(plan, chosen_for=expected)
+
+    def rebuild(self, plan: IndexPlan, *, chosen_for: int | None = None) -> None:
+        """A new base index of ``plan``'s kind holding every vector, switched to atomically."""
+        snapshot = self.snapshot
+        index_file = self._build_index(snapshot.generation, plan, snapshot.seq)
+        with self.database.writing() as sql:
+            self._switch_index(sql, index_file, snapshot.seq, plan.factory,
+                               index_chosen_for=chosen_for or snapshot.count)
+            version = Database.bump_version(sql)
+        self.publish(replace(snapshot, base=self._loaded(index_file, plan.factory),
+                             base_file=index_file, watermark=snapshot.seq, delta=Delta(),
+                             removed=frozenset(), version=version, meta=self._meta()))
+
+    def compact(self) -> None:
+        """Fold the delta and the removals into a new base file (the only full index write
+        besides a rebuild); queries keep the old base until the switch."""
+        snapshot = self.snapshot
+        base = snapshot.base.copy()
+        gone = np.array(sorted(snapshot.removed), np.int64)
+        if len(gone):
+            base.remove(gone)
+        ids, vectors = snapshot.delta.arrays(snapshot.dim)
+        keep = ~np.isin(ids, gone)
+        base.add(ids[keep], vectors[keep])
+        index_file = layout.index_file_name(snapshot.generation, snapshot.seq)
+        base.save(self.folder / index_file)
+        with self.database.writing() as sql:
+            self._switch_index(sql, index_file, snapshot.seq,
+                               Database.meta(sql, "index_factory", DEFAULT_FACTORY))
+            version = Database.bump_version(sql)
+        self.publish(replace(snapshot, base=base, base_file=index_file, watermark=snapshot.seq,
+                             delta=Delta(), removed=frozenset(), version=version,
+                             meta=self._meta()))
+
+    def _switch_index(self, sql, index_file: str, watermark: int, factory: str,
+                      **more) -> None:
+        """Point the store at a new index file (inside the caller's transaction); the change
+        log it covers goes, and so does the file before the previous one (the previous one
+        stays for readers that were about to load it)."""
+        old, older = Database.meta(sql, "index_file"), Database.meta(sql, "previous_index_file")
+        Database.set_meta(sql, index_file=index_file, index_watermark=watermark,
+                          previous_index_file=old, index_factory=factory, **more)
+        sql.execute("DELETE FROM changes WHERE seq <= ?", (watermark,))
+        if older and older not in (old, index_file):
+            (self.folder / older).unlink(missing_ok=True)
+
+    def _build_index(self, generation: int, plan: IndexPlan, watermark: int) -> str:
+        """Write an index of ``plan``'s kind from the generation's vectors in the database."""
+        with self.database.reading() as sql:
+            ids = Database.vector_ids(sql, generation)
+            dim = int(Database.generation(sql, generation)[1])
+        index = FaceIndex(dim, plan=plan)
+        rng = np.random.default_rng(0)
+        if plan.train_size and len(ids) >= plan.train_size:
+            sample = rng.choice(ids, plan.train_size, replace=False)
+            with self.database.reading() as sql:
+                index.train(Database.vectors(sql, generation, sample, dim)[1])
+        for start in range(0, len(ids), READ_CHUNK):
+            with self.database.reading() as sql:
+                index.add(*Database.vectors(sql, generation, ids[start:start + READ_CHUNK], dim))
+        index_file = layout.index_file_name(generation, watermark)
+        index.save(self.folder / index_file)
+        return index_file
+
+    def _loaded(self, index_file: str, factory: str) -> FaceIndex:
+        return FaceIndex.load(self.folder / index_file, factory=factory)
+
+    def _meta(self) -> dict:
+        with self.database.reading() as sql:
+            return Database.all_meta(sql)
+
+    # -- the embedding pipeline ------------------------------------------------------------------
+
+    def _embed(self, items: list["_Item"], commit: Callable, *, find_moved: bool = False) -> None:
+        """Read, find faces and embed ``items`` batch by batch, committing each batch."""
+        chunks = [items[start:start + self.batch] for start in range(0, len(items), self.batch)]
+        progress = Progress(self.show_progress and len(items) > 0)
+        moved = _MovedFiles(self.folder, self.database) if find_moved else None
+        # Reader threads stat, hash, decode and find the faces of the next batch while this one
+        # is embedded: the network, the decoders and dlib release the GIL, so they overlap.
+        readers = 2 if self.faces.step.enabled else 1
+        with progress, ThreadPoolExecutor(max_workers=readers) as pool:
+            task = progress.add("embedding", len(items))
+
+            def read_ahead(chunk):
+                return [pool.submit(_read_file, item, self.faces, moved) for item in chunk]
+
+            upcoming = read_ahead(chunks[0]) if chunks else None
+            for number, chunk in enumerate(chunks):
+                outcomes = [future.result() for future in upcoming]
+                if number + 1 < len(chunks):
+                    upcoming = read_ahead(chunks[number + 1])
+                outcomes = [self._claim(outcome, moved) for outcome in outcomes]
+                for outcome in outcomes:
+                    self._note(outcome)
+                images = [o.image for o in outcomes if o.image is not None]
+                vectors = self.model.embed(images, batch_size=self.batch) if images else None
+                commit(outcomes, vectors)
+                for _ in chunk:
+                    progress.advance(task)
+
+    def _claim(self, outcome: "_Read", moved: "_MovedFiles | None") -> "_Read":
+        """A file found to be a moved record is that record, unless another file of the same
+        content claimed it first: then it is read and embedded as a new one."""
+        if outcome.moved is None:
+            return outcome
+        if moved.claim(outcome.moved.id):
+            return outcome
+        return _read_file(replace(outcome.item, moved_ok=False), self.faces, None)
+
+    def _note(self, outcome: "_Read") -> None:
+        report = self.report
+        if self.faces.step.enabled and outcome.faces_found == 0 and (
+                outcome.image is not None or outcome.skipped == NO_FACE):
+            report.no_face.append(str(outcome.path))
+        elif outcome.faces_found > 1:
+            report.several_faces.append(str(outcome.path))
+        if outcome.skipped is not None:
+            report.skipped.append((str(outcome.path), outcome.skipped))
+
+
+@dataclass(frozen=True)
+class _Item:
+    path: Path
+    person: str
+    old: Record | None           # the record at this path, if any
+    reembed: bool = False        # embed whatever the file holds now, under the old record's id
+    moved_ok: bool = True        # may be matched to a record whose file moved
+
+
+@dataclass
+class _Read:
+    """What reading one file gave: an image to embed, an unchanged or moved file, or a skip."""
+
+    item: _Item
+    image: object = None           # a PIL image to embed: the aligned face, or the whole image
+    faces_found: int = 0
+    sha256: str = ""
+    size: int = 0
+    mtime_ns: int = 0
+    skipped: str | None = None     # why the file was skipped
+    unchanged: bool = False        # same content as its record: only its stat is new
+    moved: Record | None = None    # the record of the same content whose file is gone
+
+    @property
+    def path(self) -> Path:
+        return self.item.path
+
+    @property
+    def person(self) -> str:
+        return self.item.person
+
+    @property
+    def old(self) -> Record | None:
+        return self.item.old
+
+
+class _MovedFiles:
+    """Records whose file is gone, found again by content: a moved or renamed gallery re-syncs
+    to the same records, without embedding anything again."""
+
+    def __init__(self, folder: Path, database: Database):
+        self.folder, self.database = folder, database
+        self._claimed: set[int] = set()
+
+    def find(self, sha256: str, person: str) -> Record | None:
+        with self.database.reading() as sql:
+            candidates = Database.records(sql, "WHERE sha256 = ? AND person = ?", (sha256, person))
+        for record in candidates:
+            if record.id not in self._claimed and not os.path.exists(
+                    layout.resolved_path(self.folder, record.path)):
+                return record
+        return None
+
+    def claim(self, record_id: int) -> bool:
+        if record_id in self._claimed:
+            return False
+        self._claimed.add(record_id)
+        return True
+
+
+def _read_file(item: _Item, faces: FaceFinder, moved: _MovedFiles | None) -> _Read:
+    """Stat, hash, decode a file and find its face; nothing of the store is changed (this runs
+    on a reader thread)."""
+    outcome = _Read(item)
+    try:
+        info = os.stat(item.path)
+        outcome.size, outcome.mtime_ns = info.st_size, info.st_mtime_ns
+        outcome.sha256 = file_sha256(item.path)
+        old = item.old
+        if not item.reembed and old is not None and old.sha256 == outcome.sha256 \
+                and old.person == item.person:
+            outcome.unchanged = True
+            return outcome
+        if old is None and item.moved_ok and moved is not None:
+            outcome.moved = moved.find(outcome.sha256, item.person)
+            if outcome.moved is not None:
+                return outcome
+        image = load_image(item.path)
+        found = faces.find(image, key=outcome.sha256)
+        outcome.faces_found = len(found)
+        inputs = faces.inputs(image, faces=found)
+        if inputs:
+            outcome.image = inputs[0].image
+        else:
+            outcome.skipped = NO_FACE
+    except ImageError as error:
+        outcome.skipped = error.reason
+    except OSError as error:
+        outcome.skipped = error.strerror or str(error)
+    return outcome

@@ -1,0 +1,53 @@
+"""Where a store keeps what: the files of one store folder, and the paths its records hold.
+
+    faces/
+      model.json  model-<fingerprint>.safetensors   the network and its preprocessing
+      store.sqlite (+ -wal, -shm)                   records, vectors, changes: the source of truth
+      index-g<generation>-w<change>.faiss           the FAISS index up to that change (derived)
+      faces.sqlite                                  detections cached by file content
+      uploads/                                      photos enrolled through the server
+      train/                                        history, curves, split, checkpoint
+      .lock                                         held by whoever writes (facerank.folder_lock)
+
+Records of files inside the store (uploads) are kept relative to it, so a moved store still
+finds them; every other path is kept absolute.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DATABASE_FILE = "store.sqlite"
+UPLOAD_FOLDER = "uploads"
+#: Format 1 (facerank <= 0.x): store.json naming index-<n>.faiss and records-<n>.jsonl.
+LEGACY_STATE_FILE = "store.json"
+LEGACY_PATTERNS = ("index-[0-9]*.faiss", "records-[0-9]*.jsonl")
+
+
+def index_file_name(generation: int, watermark: int) -> str:
+    """The index of ``generation`` holding every change up to ``watermark``."""
+    return f"index-g{generation}-w{watermark}.faiss"
+
+
+def absolute(path: str | Path) -> str:
+    """The key a record's path is compared by: absolute, not resolved (links kept)."""
+    return os.path.abspath(path)
+
+
+def stored_path(folder: Path, path: str | Path) -> str:
+    """How a record keeps ``path``: relative when the store owns the file, else absolute."""
+    full = absolute(path)
+    inside = absolute(folder / UPLOAD_FOLDER) + os.sep
+    if full.startswith(inside):
+        return os.path.relpath(full, absolute(folder))
+    return full
+
+
+def resolved_path(folder: Path, stored: str) -> str:
+    return stored if os.path.isabs(stored) else absolute(folder / stored)
+
+
+def is_owned(stored: str) -> bool:
+    """Whether a record's stored path is a file the store owns (an upload)."""
+    return not os.path.isabs(stored) and Path(stored).parts[:1] == (UPLOAD_FOLDER,)

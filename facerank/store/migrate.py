@@ -1,0 +1,112 @@
+"""Making a store's database: a new one, or one migrated from an older format.
+
+Schema changes are small numbered steps from ``PRAGMA user_version``; today there is one, from
+format 1 (``store.json`` naming ``index-<n>.faiss`` and ``records-<n>.jsonl``) to the database.
+A migration is one transaction: a crash before its commit leaves the old files as they were and
+the next open migrates again; the old files are deleted only once it has committed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from facerank import __version__
+from facerank.errors import StoreError
+from facerank.folder_lock import FolderLock
+from facerank.index import DEFAULT_FACTORY, FaceIndex
+from facerank.store import layout
+from facerank.store.database import SCHEMA_VERSION, Database
+from facerank.store.results import Record
+
+FORMAT = 2
+#: The identity a migrated generation gets when its vectors could not be read back exactly (a
+#: compressed index): never a model's, so the next write re-embeds every record.
+NEEDS_REEMBED = "migrated-from-a-compressed-index"
+
+
+def prepare(folder: Path, database: Database, model_config, *, lock_wait: float | None
+            ) -> None:
+    """Check ``folder``'s database, or make it (migrated from format 1, or empty)."""
+    _check_schema(folder, database)
+    if database.is_initialised():
+        return
+    with FolderLock(folder, wait=lock_wait):
+        _check_schema(folder, database)
+        if database.is_initialised():
+            _remove_legacy_files(folder)  # a migration that committed, then crashed
+            return
+        legacy = folder / layout.LEGACY_STATE_FILE
+        with database.writing() as sql:
+            Database.create_schema(sql)
+            if legacy.exists():
+                _migrate_format_1(folder, sql, legacy)
+            else:
+                generation = Database.new_generation(sql, model_config.identity,
+                                                     model_config.embedding_dim, "current")
+                Database.set_meta(sql, generation=generation, index_file=None,
+                                  index_watermark=0, index_factory=DEFAULT_FACTORY, version=1)
+            Database.set_meta(sql, format=FORMAT, created_by=__version__,
+                              created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        _remove_legacy_files(folder)
+
+
+def _check_schema(folder: Path, database: Database) -> None:
+    if database.path.exists():
+        version = database.schema_version()
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{folder} uses store format {version}, this facerank "
+                             f"({__version__}) reads format {SCHEMA_VERSION}; use a matching "
+                             "facerank version or rebuild the index")
+
+
+def _migrate_format_1(folder: Path, sql, legacy: Path) -> None:
+    try:
+        state = json.loads(legacy.read_text("utf-8"))
+    except (OSError, ValueError) as error:
+        raise StoreError(f"{legacy}: damaged ({error}); rebuild the index with `facerank index "
+                         f"build GALLERY --store {folder}`") from None
+    if state.get("format_version") != 1:
+        raise StoreError(f"{folder} uses store format {state.get('format_version')}, this "
+                         f"facerank ({__version__}) reads format 1 and {FORMAT}; use a matching "
+                         "facerank version or rebuild the index")
+    factory = state.get("index_factory", DEFAULT_FACTORY)
+    try:
+        index = FaceIndex.load(folder / state["index_file"], factory=factory)
+        records = [Record(**json.loads(line)) for line in
+                   (folder / state["records_file"]).read_text("utf-8").splitlines() if line.strip()]
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as error:
+        raise StoreError(f"{folder}: the format-1 index or its records cannot be read ({error}); "
+                         f"rebuild with `facerank index build GALLERY --store {folder}`") from None
+    # Exact indexes (Flat, and IVF-Flat through its direct map) give the vectors back as they
+    # were embedded; compressed ones only an approximation, so those are embedded again.
+    exact = index.is_exact or (factory.endswith(",Flat") and "PQ" not in factory)
+    identity = state.get("model_identity", "") if exact else NEEDS_REEMBED
+    generation = Database.new_generation(sql, identity, index.dim, "current")
+    for record in records:
+        Database.insert_record(sql, Record(record.id, layout.stored_path(folder, record.path),
+                                           record.person, record.sha256, record.size,
+                                           record.mtime_ns), with_id=True)
+    ids = [record.id for record in records]
+    if exact and ids:
+        vectors = np.stack([index.reconstruct(record_id) for record_id in ids])
+        Database.insert_vectors(sql, generation, ids, vectors)
+        Database.log_added(sql, ids)
+    # Ids of removed images were never reused in format 1 either: keep counting from its next.
+    next_id = int(state.get("next_id", max(ids, default=-1) + 1))
+    sql.execute("INSERT OR REPLACE INTO sqlite_sequence (name, seq) VALUES ('records', ?)",
+                (max(next_id - 1, max(ids, default=0)),))
+    Database.set_meta(sql, generation=generation, index_file=None, index_watermark=0,
+                      index_factory=factory, index_chosen_for=state.get("index_chosen_for"),
+                      calibration=state.get("calibration"), version=1,
+                      migrated_from={"format": 1, "generation": state.get("generation")})
+
+
+def _remove_legacy_files(folder: Path) -> None:
+    for pattern in layout.LEGACY_PATTERNS:
+        for path in folder.glob(pattern):
+            path.unlink(missing_ok=True)
+    (folder / layout.LEGACY_STATE_FILE).unlink(missing_ok=True)

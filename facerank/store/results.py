@@ -1,0 +1,113 @@
+"""What a store holds and answers with: records, matches, predictions, verdicts, change reports.
+
+Small frozen dataclasses, free of FAISS, torch and SQLite types, shared by the store's queries,
+its writers, the CLI and the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from facerank.faces import Face
+
+
+@dataclass(frozen=True)
+class Record:
+    """One indexed image: its file, whose face it is, and the content it was embedded from."""
+
+    id: int
+    path: str
+    person: str
+    sha256: str
+    size: int = 0
+    mtime_ns: int = 0
+
+
+@dataclass(frozen=True)
+class Match:
+    """A gallery image near the query: ``rank`` 0 is the closest."""
+
+    rank: int
+    person: str
+    distance: float   # Euclidean, in the space of the stored embeddings
+    path: str
+    id: int
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A person the query may be, with the classifier's softmax probability."""
+
+    rank: int
+    person: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Two faces compared: their distance, and a verdict once a threshold is calibrated."""
+
+    distance: float
+    threshold: float | None
+    same: bool | None
+
+
+@dataclass(frozen=True)
+class FaceAnswer:
+    """The answer for one face of a photo: where it is, who it may be, what it is closest to.
+
+    ``face`` is None when the store has no face step or found no face and used the whole image
+    (then ``box`` is None). ``unknown`` is None until a threshold is calibrated.
+    """
+
+    face: Face | None
+    people: list[Prediction]
+    matches: list[Match]
+    unknown: bool | None
+
+    @property
+    def box(self) -> tuple[int, int, int, int] | None:
+        return self.face.box if self.face else None
+
+    def to_json(self) -> dict:
+        return {"face": self.face.to_json() if self.face else None,
+                "people": [asdict(p) for p in self.people],
+                "matches": [asdict(m) for m in self.matches], "unknown": self.unknown}
+
+
+@dataclass
+class ChangeReport:
+    """What a write did: counts, and the files that were skipped with the reason."""
+
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    reembedded: int = 0
+    moved: int = 0      # records whose file was found at a new path (same content): not re-embedded
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    # With a face step: photos embedded whole because no face was found (policy "whole"; under
+    # "skip" they are in ``skipped``), and photos with several faces, of which the largest was
+    # taken as the person's.
+    no_face: list[str] = field(default_factory=list)
+    several_faces: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def deduplicate(self) -> "ChangeReport":
+        # A re-embed and the sync after it may meet the same faceless file twice in one write.
+        self.skipped = list(dict.fromkeys(self.skipped))
+        self.no_face = list(dict.fromkeys(self.no_face))
+        self.several_faces = list(dict.fromkeys(self.several_faces))
+        return self
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
