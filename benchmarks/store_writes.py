@@ -158,7 +158,7 @@ def main() -> None:
     lines = [f"# One enrolment as the store grows ({meta['cpu']})", "",
              f"`{meta['command'].strip()}`: each enrolment is `FaceStore.add` of one real "
              "photo (64 px model); bytes = what the process passed to write().", "",
-             "| records | index kind | open (s) | enrol p50 (ms) | of which store (ms) | "
+             "| records | index kind | open (s) | enrol p50 (ms) | read, face step, database (ms) | "
              "embedding (ms) | enrol p90 (ms) | bytes written p50 | max | database | index file |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
