@@ -9,7 +9,7 @@ are answered "unknown" rather than with the nearest stranger.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -30,6 +30,8 @@ class Calibration:
     same_pairs: int
     different_pairs: int
     source: str             # "held-out split" or "index"
+    # (file, why) for the images left out: unreadable, or no face where the store skips those.
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -46,13 +48,16 @@ def calibrate(store, *, far: float = 0.01, save: bool = True) -> Calibration:
     if len(items) > MAX_IMAGES:
         chosen = np.random.default_rng(0).choice(len(items), MAX_IMAGES, replace=False)
         items = [items[i] for i in sorted(chosen)]
-    images, people = [], []
+    images, people, skipped = [], [], []
     for path, person in items:
         try:
             image, _ = read_file_input(store.faces, path)  # the store's own face step
-        except ImageError:
+        except ImageError as error:
+            skipped.append((str(path), error.reason))
             continue
-        if image is not None:
+        if image is None:
+            skipped.append((str(path), "no face found"))
+        else:
             images.append(image)
             people.append(person)
     vectors = store.model.embed(images)
@@ -69,9 +74,9 @@ def calibrate(store, *, far: float = 0.01, save: bool = True) -> Calibration:
     result = Calibration(threshold=threshold, far=far,
                          measured_far=float(np.mean(different <= threshold)),
                          tar=float(np.mean(same <= threshold)), same_pairs=int(len(same)),
-                         different_pairs=int(len(different)), source=source)
+                         different_pairs=int(len(different)), source=source, skipped=skipped)
     if save:
-        store.set_calibration(result.to_json())
+        store.set_calibration({k: v for k, v in result.to_json().items() if k != "skipped"})
     return result
 
 

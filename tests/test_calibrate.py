@@ -69,3 +69,17 @@ def test_verify_and_calibrate_commands(store_copy):
     Image.fromarray((np.random.default_rng(1).random((112, 92)) * 255).astype(np.uint8)).save(noise)
     result = runner.invoke(app, ["verify", same[0], str(noise), "--store", str(store.folder)])
     assert result.exit_code == 4 and "different people" in result.stdout
+
+
+def test_calibration_reports_the_images_it_could_not_read(store_copy, tmp_path):
+    store, _ = store_copy
+    split_file = store.folder / "train" / "split.json"
+    split = json.loads(split_file.read_text())
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a picture")
+    split["test"] += [[str(tmp_path / "gone.jpg"), "s1"], [str(broken), "s2"]]
+    split_file.write_text(json.dumps(split))
+    result = calibrate(store, far=0.05, save=False)
+    assert [path for path, _ in result.skipped] == [str(tmp_path / "gone.jpg"), str(broken)]
+    assert all(reason for _, reason in result.skipped)
+    assert result.same_pairs + result.different_pairs == 15 * 14 // 2  # the 15 readable ones
