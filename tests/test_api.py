@@ -16,9 +16,17 @@ def test_module_functions_use_the_default_store(store_copy, monkeypatch):
     assert facerank.open() is facerank.open(store.folder)
 
 
-def test_a_store_changed_on_disk_is_reopened(store_copy):
+def test_a_cached_store_sees_changes_made_on_disk(store_copy):
+    from facerank.model import FaceModel
+
     store, gallery = store_copy
     first = facerank.open(store.folder)
-    store.remove(person="s1")
-    second = facerank.open(store.folder)
-    assert second is not first and len(second) == 40
+    store.remove(person="s1")  # another store object: as another process would
+    assert len(first) == 40
+    assert "s1" not in {m.person for m in facerank.closest(gallery / "s1" / "1.pgm", k=40,
+                                                            store=store.folder)}
+    retrained = FaceModel.load(store.folder)
+    retrained.network.fc.bias.data += 1.0
+    retrained.save(store.folder)
+    second = facerank.open(store.folder)  # a new model: opened again, and says it is stale
+    assert second is not first and second.is_stale and len(second) == 40

@@ -202,16 +202,6 @@ def test_a_newer_database_schema_is_refused_with_advice(store_copy):
         FaceStore.open(store.folder)
 
 
-def test_changed_preprocessing_makes_the_index_stale(store_copy):
-    store, gallery = store_copy
-    config = json.loads((store.folder / "model.json").read_text())
-    config["image_size"] = 40
-    (store.folder / "model.json").write_text(json.dumps(config))
-    reopened = FaceStore.open(store.folder)
-    assert reopened.is_stale
-    assert reopened.sync_folder(gallery).reembedded == 50
-
-
 def test_a_writer_with_an_old_snapshot_does_not_undo_another_writers_work(store_copy, tmp_path):
     store, gallery = store_copy
     other = FaceStore.open(store.folder)  # opened before the change below

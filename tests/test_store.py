@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -9,8 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facerank.errors import ImageError, StoreError, StoreLockedError, StoreMismatchError
-from facerank.folder_lock import FolderLock
+from facerank.errors import ImageError, StoreError, StoreMismatchError
 from facerank.model import FaceModel
 from facerank.store import FaceStore
 from facerank.store.database import Database
@@ -103,11 +103,17 @@ def test_broken_file_is_skipped_and_reported_not_fatal(store_copy):
         store.closest(broken)
 
 
-def test_retrained_model_is_never_queried_with_old_vectors(store_copy):
+@pytest.mark.parametrize("change", ["weights", "preprocessing"])
+def test_a_changed_model_is_never_queried_with_old_vectors(store_copy, change):
     store, gallery = store_copy
-    retrained = FaceModel.load(store.folder)
-    retrained.network.fc.bias.data += 1.0  # any change of weights is a new model
-    retrained.save(store.folder)
+    if change == "weights":
+        retrained = FaceModel.load(store.folder)
+        retrained.network.fc.bias.data += 1.0  # any change of weights is a new model
+        retrained.save(store.folder)
+    else:
+        config = json.loads((store.folder / "model.json").read_text())
+        config["image_size"] = 40
+        (store.folder / "model.json").write_text(json.dumps(config))
     stale = FaceStore.open(store.folder)
     assert stale.is_stale
     with pytest.raises(StoreMismatchError, match="another model"):
@@ -136,14 +142,6 @@ def test_missing_store_and_empty_index_say_what_to_run(tmp_path, trained):
     shutil.copytree(trained[0], folder)
     with pytest.raises(StoreError, match="index build"):
         FaceStore.open(folder).closest(np.zeros((8, 8), np.uint8))
-
-
-def test_a_second_writer_is_refused(store_copy):
-    store, gallery = store_copy
-    with FolderLock(store.folder):
-        with pytest.raises(StoreLockedError, match="another process"):
-            FaceStore.open(store.folder, lock_wait=0).remove(person="s1")
-    assert len(FaceStore.open(store.folder)) == 50
 
 
 def test_old_index_files_are_cleaned_up(store_copy):
