@@ -1,10 +1,13 @@
 """Load test of `facerank serve` on loopback: identify at 1, 4 and 16 concurrent clients.
 
     python benchmarks/serve_load.py [--store faces/] [--requests 64] [--seconds 60]
+    PYTHONPATH=OLD_CHECKOUT python benchmarks/serve_load.py --store S --out results/serve_load-before
 
 Without --store, trains the demo store first (bundled ORL subset, 64 px, from random
-initialisation). Bounded in count and time, loopback only. Writes
-benchmarks/results/serve_load.{json,md}.
+initialisation). While each level runs, another client asks `/api/health` every 20 ms: its
+latency shows whether the server's event loop stays free while the model works. The server runs
+the facerank that ``python -m facerank`` imports, so an older checkout on PYTHONPATH measures
+"before". Bounded in count and time, loopback only. Writes benchmarks/results/serve_load.{json,md}.
 """
 
 from __future__ import annotations
@@ -66,16 +69,32 @@ def run_level(url: str, photo: bytes, clients: int, requests: int, deadline: flo
                     else:
                         failures += 1
 
+    health, done = [], threading.Event()
+
+    def poll_health():
+        with httpx.Client(timeout=60) as client:
+            while not done.is_set():
+                started = time.perf_counter()
+                client.get(url.split("/api/")[0] + "/api/health")
+                health.append(time.perf_counter() - started)
+                time.sleep(0.02)
+
+    poller = threading.Thread(target=poll_health)
+    poller.start()
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         share = [requests // clients + (i < requests % clients) for i in range(clients)]
         list(pool.map(worker, share))
     wall = time.perf_counter() - started
-    ms = np.array(latencies) * 1000
+    done.set()
+    poller.join()
+    ms, health_ms = np.array(latencies) * 1000, np.array(health) * 1000
     return {"clients": clients, "requests": len(latencies), "failures": failures,
             "requests_per_second": round(len(latencies) / wall, 1),
             "p50_ms": round(float(np.percentile(ms, 50)), 1),
-            "p99_ms": round(float(np.percentile(ms, 99)), 1)}
+            "p99_ms": round(float(np.percentile(ms, 99)), 1),
+            "health_p50_ms": round(float(np.percentile(health_ms, 50)), 1),
+            "health_max_ms": round(float(health_ms.max()), 1)}
 
 
 def main() -> None:
@@ -109,16 +128,20 @@ def main() -> None:
             server.wait(timeout=30)
     image_size = json.loads((Path(store) / "model.json").read_text())["image_size"] \
         if args.store else 64
+    import facerank
+
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores",
+               "facerank": str(Path(facerank.__file__).parent.parent),
                "endpoint": "POST /api/stores/{name}/identify", "image_size": image_size,
                "levels": levels}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [f"# `facerank serve` under load ({results['machine']}, loopback, ResNet50 at "
              f"{image_size} px)", "", "| concurrent clients | requests | req/s | p50 ms | p99 ms "
-             "| failures |", "|---|---|---|---|---|---|"]
+             "| health p50 ms | health max ms | failures |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {l['clients']} | {l['requests']} | {l['requests_per_second']} | {l['p50_ms']} | "
-              f"{l['p99_ms']} | {l['failures']} |" for l in levels]
+              f"{l['p99_ms']} | {l['health_p50_ms']} | {l['health_max_ms']} | {l['failures']} |"
+              for l in levels]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
