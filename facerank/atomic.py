@@ -77,6 +77,8 @@ def remove_orphans(folder: str | Path) -> list[Path]:
 
 
 def _is_alive(pid: int) -> bool:
+    if os.name == "nt":
+        return True  # os.kill(pid, 0) would terminate it on Windows: never delete there
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

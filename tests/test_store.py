@@ -225,3 +225,49 @@ def test_removing_images_deletes_the_uploads_the_store_owns(store_copy):
     assert not any(p.exists() for p in photos)
     store.remove(person="s5")
     assert (gallery / "s5" / "1.pgm").exists()  # the gallery's own files are never deleted
+
+
+def test_a_path_given_twice_is_one_record(store_copy, tmp_path):
+    store, gallery = store_copy
+    photo = tmp_path / "twice.png"
+    Image.open(gallery / "s1" / "2.pgm").rotate(3).save(photo)
+    assert store.add([photo, photo, str(photo)], person="visitor").added == 1
+    assert sum(r.path == str(photo) for r in store.records) == 1
+
+
+def test_a_reembed_keeps_records_whose_file_cannot_be_read_and_retries_them(store_copy):
+    store, gallery = store_copy
+    hidden = gallery / "s3" / "4.pgm"
+    kept = hidden.with_name("4.pgm.away")
+    retrained = FaceModel.load(store.folder)
+    retrained.network.fc.bias.data += 1.0
+    retrained.save(store.folder)
+    hidden.rename(kept)  # e.g. a network share down during the re-embed
+    report = store.add([], person="nobody")  # any write re-embeds first
+    assert report.reembedded == 49 and report.removed == 0
+    assert [path for path, _ in report.skipped] == [str(hidden)]
+    assert len(store.records) == 50 and len(store) == 49  # kept, not searchable yet
+    kept.rename(hidden)
+    assert store.add([], person="nobody").reembedded == 1
+    assert len(store) == 50 and store.closest(hidden, k=1)[0].path == str(hidden)
+
+
+def test_removals_are_folded_into_the_index_and_stray_index_files_go(store_copy, monkeypatch):
+    store, gallery = store_copy
+    store.compact()
+    stray = store.folder / "index-g1-w3-abcdef.faiss"  # as a writer killed before its switch
+    stray.write_bytes(b"left behind")
+    monkeypatch.setattr("facerank.store.snapshot.REMOVED_MAX", 5)
+    store.remove(person="s2")  # 10 removals: past the limit, so compacted
+    assert store.info()["pending_changes"] == 0 and not stray.exists()
+    assert len(list(store.folder.glob("index-*.faiss"))) == 2  # the new one and the previous
+    assert "s2" not in {m.person for m in FaceStore.open(store.folder).closest(
+        gallery / "s2" / "1.pgm", k=40)}
+
+
+def test_an_index_that_cannot_remove_is_refused(store_copy):
+    store, _ = store_copy
+    with pytest.raises(ValueError, match="cannot remove"):
+        store.reindex(factory="HNSW32")
+    assert store.reindex(factory="IVF4,Flat") == "IVF4,Flat"
+    assert store.info()["index_factory"] == "IVF4,Flat" and len(store) == 50

@@ -47,6 +47,8 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS vectors (
            generation INTEGER NOT NULL, record INTEGER NOT NULL, vector BLOB NOT NULL,
            PRIMARY KEY (generation, record))""",
+    # Removing a record deletes its vectors in every generation: by record, not by the key.
+    "CREATE INDEX IF NOT EXISTS vectors_by_record ON vectors (record)",
     """CREATE TABLE IF NOT EXISTS changes (
            seq INTEGER PRIMARY KEY AUTOINCREMENT, record INTEGER NOT NULL,
            added INTEGER NOT NULL)""",
@@ -94,10 +96,13 @@ class Database:
         connection.execute("BEGIN IMMEDIATE")
         try:
             yield connection
+            connection.execute("COMMIT")
         except BaseException:
-            connection.execute("ROLLBACK")
+            # SQLite may have rolled back by itself (disk full, I/O error): then there is
+            # nothing to roll back, and the connection must not stay inside a transaction.
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
             raise
-        connection.execute("COMMIT")
 
     @contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
@@ -107,7 +112,8 @@ class Database:
         try:
             yield connection
         finally:
-            connection.execute("COMMIT")
+            if connection.in_transaction:
+                connection.execute("COMMIT")
 
     # -- schema ----------------------------------------------------------------------------------
 
@@ -276,6 +282,29 @@ class Database:
         for row, record_id in enumerate(kept):
             matrix[row] = np.frombuffer(found[record_id], np.float32)
         return np.array(kept, np.int64), matrix
+
+    @staticmethod
+    def having_vector(sql: sqlite3.Connection, generation_id: int, ids: Sequence[int]
+                      ) -> list[int]:
+        """Which of ``ids`` have a vector in the generation."""
+        wanted, found = [int(i) for i in ids], []
+        for start in range(0, len(wanted), 900):
+            chunk = wanted[start:start + 900]
+            marks = ",".join("?" * len(chunk))
+            found += [row[0] for row in sql.execute(
+                f"SELECT record FROM vectors WHERE generation = ? AND record IN ({marks})",
+                [int(generation_id), *chunk])]
+        return found
+
+    @staticmethod
+    def paths_in_use(sql: sqlite3.Connection, paths: Sequence[str]) -> set[str]:
+        used = set()
+        for start in range(0, len(paths), 900):
+            chunk = list(paths[start:start + 900])
+            marks = ",".join("?" * len(chunk))
+            used |= {row[0] for row in sql.execute(
+                f"SELECT path FROM records WHERE path IN ({marks})", chunk)}
+        return used
 
     @staticmethod
     def vector_ids(sql: sqlite3.Connection, generation_id: int) -> np.ndarray:

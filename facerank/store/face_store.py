@@ -103,12 +103,14 @@ class FaceStore:
             if read_config(self.folder).fingerprint != model.config.fingerprint:
                 model = load_model(self.folder, device=self._device, runtime=self._runtime)
                 faces = face_finder(model.config, self.folder)
-            self._snapshot = read_snapshot(self.folder, self.database, model, faces,
-                                           previous=snapshot)
+            fresh = read_snapshot(self.folder, self.database, model, faces, previous=snapshot)
+            if fresh.version >= self._snapshot.version:  # a writer may have published since
+                self._snapshot = fresh
             return self._snapshot
 
     def _publish(self, snapshot: Snapshot) -> None:
-        self._snapshot = snapshot
+        with self._refreshing:
+            self._snapshot = snapshot
 
     # -- what it holds ---------------------------------------------------------------------------
 
@@ -390,6 +392,9 @@ class FaceStore:
 
         >>> store.reindex(factory="IVF1024,Flat")
         """
+        if factory is not None and "HNSW" in factory:
+            raise ValueError(f"{factory!r}: HNSW indexes cannot remove vectors, and a store "
+                             "removes them; choose Flat, IVF...,Flat or IVF...,PQ...")
         with self._writer(False, COMMIT_EVERY) as writer:
             count = writer.snapshot.count
             plan = (choose_index(count, writer.snapshot.dim) if factory is None

@@ -64,6 +64,9 @@ class Writer:
 
     def ingest(self, items: list[tuple[Path, str]]) -> None:
         """Embed ``(path, person)`` files not indexed yet or changed since; skip the rest."""
+        # One record per file: a path given twice is one file (the last person given wins).
+        items = list({layout.stored_path(self.folder, path): (path, person)
+                      for path, person in items}.values())
         with self.database.reading() as sql:
             by_path = {}
             for path, _ in items:
@@ -129,30 +132,35 @@ class Writer:
         """Delete records (and the uploads the store owns that no record uses any more)."""
         if not ids:
             return []
+        generation = self.snapshot.generation
         with self.database.writing() as sql:
             doomed = list(Database.records_by_id(sql, ids).values())
+            searchable = Database.having_vector(sql, generation, [r.id for r in doomed])
             Database.delete_records(sql, [r.id for r in doomed])
             version = Database.bump_version(sql)
             seq = Database.last_change(sql)
-            owned = [r.path for r in doomed if layout.is_owned(r.path)]
-            still_used = {row[0] for row in sql.execute(
-                f"SELECT path FROM records WHERE path IN ({','.join('?' * len(owned))})",
-                owned)} if owned else set()
-        self.publish(self.snapshot.changed(removed=[r.id for r in doomed], seq=seq,
-                                           version=version))
+            owned = sorted({r.path for r in doomed if layout.is_owned(r.path)})
+            still_used = Database.paths_in_use(sql, owned)
+        self.publish(self.snapshot.changed(removed=searchable, seq=seq, version=version,
+                                           records_removed=len(doomed)))
         for stored in set(owned) - still_used:
             Path(layout.resolved_path(self.folder, stored)).unlink(missing_ok=True)
         self.report.removed += len(doomed)
+        if self.snapshot.needs_compaction:
+            self.compact()
         return doomed
 
     # -- re-embedding after a retrain ------------------------------------------------------------
 
     def reembed_if_stale(self) -> None:
         """Give every record a vector from the current model, in a new generation built beside
-        the old one; switch to it when every record has one. Resumes an interrupted re-embed."""
+        the old one; switch to it once every readable record has one. Resumes an interrupted
+        re-embed, and retries records whose file could not be read last time."""
         config = self.model.config
         snapshot = self.snapshot
         if snapshot.model_identity == config.identity and snapshot.dim == config.embedding_dim:
+            if snapshot.records > snapshot.count:
+                self._embed_missing(snapshot.generation)
             return
         with self.database.writing() as sql:
             generation = Database.building_generation(sql, config.identity)
@@ -169,40 +177,66 @@ class Writer:
             with self.database.writing() as sql:
                 if embedded:
                     Database.insert_vectors(sql, generation, [o.old.id for o in embedded], vectors)
-                for outcome in embedded:
-                    if outcome.sha256 != outcome.old.sha256:
-                        Database.update_file(sql, outcome.old.id, sha256=outcome.sha256,
-                                             size=outcome.size, mtime_ns=outcome.mtime_ns)
+                self._note_new_content(sql, embedded)
             self.report.reembedded += len(embedded)
 
         self._embed(items, commit_vectors)
         self._switch_generation(generation)
 
-    def _switch_generation(self, generation: int) -> None:
-        # Files that can no longer be read cannot be embedded by the new model: they leave the
-        # index first (each is listed in the report's ``skipped``).
+    def _embed_missing(self, generation: int) -> None:
+        """Records of the current generation without a vector (their file could not be read
+        at the last re-embed): embedded now if they can be, kept and reported otherwise."""
         with self.database.reading() as sql:
-            lost = [r.id for r in Database.records_without_vector(sql, generation)]
-        if lost:
-            self.remove(lost)
+            todo = Database.records_without_vector(sql, generation)
+        items = [_Item(Path(layout.resolved_path(self.folder, r.path)), r.person, r, reembed=True)
+                 for r in todo]
+
+        def commit_vectors(outcomes: list[_Read], vectors: np.ndarray | None) -> None:
+            embedded = [o for o in outcomes if o.image is not None]
+            if not embedded:
+                return
+            ids = [o.old.id for o in embedded]
+            with self.database.writing() as sql:
+                Database.insert_vectors(sql, generation, ids, vectors)
+                Database.log_added(sql, ids)
+                self._note_new_content(sql, embedded)
+                version = Database.bump_version(sql)
+                seq = Database.last_change(sql)
+            self.report.reembedded += len(embedded)
+            self.publish(self.snapshot.changed(added=(np.array(ids, np.int64), vectors), seq=seq,
+                                               version=version, new_records=0))
+
+        self._embed(items, commit_vectors)
+
+    @staticmethod
+    def _note_new_content(sql, embedded: list["_Read"]) -> None:
+        for outcome in embedded:
+            if outcome.sha256 != outcome.old.sha256:
+                Database.update_file(sql, outcome.old.id, sha256=outcome.sha256,
+                                     size=outcome.size, mtime_ns=outcome.mtime_ns)
+
+    def _switch_generation(self, generation: int) -> None:
+        # Records whose file cannot be read now are not lost: they stay, without a vector (not
+        # searchable), listed in the report's ``skipped``, and every later write tries again.
         watermark = self.snapshot.seq
         with self.database.reading() as sql:
             count = len(Database.vector_ids(sql, generation))
+            records = Database.count(sql)
         plan = choose_index(count, self.model.config.embedding_dim)
-        index_file = self._build_index(generation, plan, watermark)
+        index_file = build_index_file(self.folder, self.database, generation, plan, watermark)
         with self.database.writing() as sql:
             old = int(Database.meta(sql, "generation"))
             sql.execute("UPDATE generations SET status = 'retired' WHERE id = ?", (old,))
             sql.execute("UPDATE generations SET status = 'current' WHERE id = ?", (generation,))
             sql.execute("DELETE FROM vectors WHERE generation = ?", (old,))
-            self._switch_index(sql, index_file, watermark, plan.factory, generation=generation,
-                               index_chosen_for=count)
+            switch_index(sql, self.folder, index_file, watermark, plan.factory,
+                         generation=generation, index_chosen_for=count)
             version = Database.bump_version(sql)
         self.publish(Snapshot(
             model=self.model, faces=self.faces, generation=generation,
             model_identity=self.model.config.identity, dim=self.model.config.embedding_dim,
             base=self._loaded(index_file, plan.factory), base_file=index_file,
-            watermark=watermark, seq=watermark, version=version, count=count, records=count,
+            watermark=watermark, seq=watermark, version=version, count=count, records=records,
             meta=self._meta()))
 
     # -- the index kind, and compaction ----------------------------------------------------------
@@ -227,10 +261,11 @@ class Writer:
     def rebuild(self, plan: IndexPlan, *, chosen_for: int | None = None) -> None:
         """A new base index of ``plan``'s kind holding every vector, switched to atomically."""
         snapshot = self.snapshot
-        index_file = self._build_index(snapshot.generation, plan, snapshot.seq)
+        index_file = build_index_file(self.folder, self.database, snapshot.generation, plan,
+                                      snapshot.seq)
         with self.database.writing() as sql:
-            self._switch_index(sql, index_file, snapshot.seq, plan.factory,
-                               index_chosen_for=chosen_for or snapshot.count)
+            switch_index(sql, self.folder, index_file, snapshot.seq, plan.factory,
+                         index_chosen_for=chosen_for or snapshot.count)
             version = Database.bump_version(sql)
         self.publish(replace(snapshot, base=self._loaded(index_file, plan.factory),
                              base_file=index_file, watermark=snapshot.seq, delta=Delta(),
@@ -250,42 +285,12 @@ class Writer:
         index_file = layout.index_file_name(snapshot.generation, snapshot.seq)
         base.save(self.folder / index_file)
         with self.database.writing() as sql:
-            self._switch_index(sql, index_file, snapshot.seq,
-                               Database.meta(sql, "index_factory", DEFAULT_FACTORY))
+            switch_index(sql, self.folder, index_file, snapshot.seq,
+                         Database.meta(sql, "index_factory", DEFAULT_FACTORY))
             version = Database.bump_version(sql)
         self.publish(replace(snapshot, base=base, base_file=index_file, watermark=snapshot.seq,
                              delta=Delta(), removed=frozenset(), version=version,
                              meta=self._meta()))
-
-    def _switch_index(self, sql, index_file: str, watermark: int, factory: str,
-                      **more) -> None:
-        """Point the store at a new index file (inside the caller's transaction); the change
-        log it covers goes, and so does the file before the previous one (the previous one
-        stays for readers that were about to load it)."""
-        old, older = Database.meta(sql, "index_file"), Database.meta(sql, "previous_index_file")
-        Database.set_meta(sql, index_file=index_file, index_watermark=watermark,
-                          previous_index_file=old, index_factory=factory, **more)
-        sql.execute("DELETE FROM changes WHERE seq <= ?", (watermark,))
-        if older and older not in (old, index_file):
-            (self.folder / older).unlink(missing_ok=True)
-
-    def _build_index(self, generation: int, plan: IndexPlan, watermark: int) -> str:
-        """Write an index of ``plan``'s kind from the generation's vectors in the database."""
-        with self.database.reading() as sql:
-            ids = Database.vector_ids(sql, generation)
-            dim = int(Database.generation(sql, generation)[1])
-        index = FaceIndex(dim, plan=plan)
-        rng = np.random.default_rng(0)
-        if plan.train_size and len(ids) >= plan.train_size:
-            sample = rng.choice(ids, plan.train_size, replace=False)
-            with self.database.reading() as sql:
-                index.train(Database.vectors(sql, generation, sample, dim)[1])
-        for start in range(0, len(ids), READ_CHUNK):
-            with self.database.reading() as sql:
-                index.add(*Database.vectors(sql, generation, ids[start:start + READ_CHUNK], dim))
-        index_file = layout.index_file_name(generation, watermark)
-        index.save(self.folder / index_file)
-        return index_file
 
     def _loaded(self, index_file: str, factory: str) -> FaceIndex:
         return FaceIndex.load(self.folder / index_file, factory=factory)
@@ -342,6 +347,41 @@ class Writer:
             report.several_faces.append(str(outcome.path))
         if outcome.skipped is not None:
             report.skipped.append((str(outcome.path), outcome.skipped))
+
+
+def build_index_file(folder: Path, database: Database, generation: int, plan: IndexPlan,
+                     watermark: int) -> str:
+    """Write an index of ``plan``'s kind from a generation's vectors in the database, streamed
+    in chunks (a seeded sample trains it first); returns the new file's name."""
+    with database.reading() as sql:
+        ids = Database.vector_ids(sql, generation)
+        dim = int(Database.generation(sql, generation)[1])
+    index = FaceIndex(dim, plan=plan)
+    if plan.train_size and len(ids) >= plan.train_size:
+        sample = np.random.default_rng(0).choice(ids, plan.train_size, replace=False)
+        with database.reading() as sql:
+            index.train(Database.vectors(sql, generation, sample, dim)[1])
+    for start in range(0, len(ids), READ_CHUNK):
+        with database.reading() as sql:
+            index.add(*Database.vectors(sql, generation, ids[start:start + READ_CHUNK], dim))
+    index_file = layout.index_file_name(generation, watermark)
+    index.save(folder / index_file)
+    return index_file
+
+
+def switch_index(sql, folder: Path, index_file: str, watermark: int, factory: str,
+                 **more) -> None:
+    """Point the store at a new index file, inside the caller's write transaction (and under
+    the folder's lock). The change log it covers goes; so do index files other than the new
+    one and the previous one (kept for readers about to load it), such as those of a writer
+    killed before its switch."""
+    old = Database.meta(sql, "index_file")
+    Database.set_meta(sql, index_file=index_file, index_watermark=watermark,
+                      previous_index_file=old, index_factory=factory, **more)
+    sql.execute("DELETE FROM changes WHERE seq <= ?", (watermark,))
+    for path in folder.glob(layout.INDEX_FILES):
+        if path.name not in (index_file, old):
+            path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,13 @@ LEGACY_STATE_FILE = "store.json"
 LEGACY_PATTERNS = ("index-[0-9]*.faiss", "records-[0-9]*.jsonl")
 
 
+INDEX_FILES = "index-g*-w*.faiss"
+
+
 def index_file_name(generation: int, watermark: int) -> str:
-    """The index of ``generation`` holding every change up to ``watermark``."""
-    return f"index-g{generation}-w{watermark}.faiss"
+    """A new index file of ``generation`` holding every change up to ``watermark``; the suffix
+    keeps a rebuild at the same watermark from writing over the file queries are reading."""
+    return f"index-g{generation}-w{watermark}-{os.urandom(3).hex()}.faiss"
 
 
 def absolute(path: str | Path) -> str:

@@ -17,9 +17,10 @@ import numpy as np
 from facerank import __version__
 from facerank.errors import StoreError
 from facerank.folder_lock import FolderLock
-from facerank.index import DEFAULT_FACTORY, FaceIndex
+from facerank.index import DEFAULT_FACTORY, FaceIndex, IndexPlan
 from facerank.store import layout
 from facerank.store.database import SCHEMA_VERSION, Database
+from facerank.store.ingest import READ_CHUNK, build_index_file, switch_index
 from facerank.store.results import Record
 
 FORMAT = 2
@@ -40,9 +41,10 @@ def prepare(folder: Path, database: Database, model_config, *, lock_wait: float 
             _remove_legacy_files(folder)  # a migration that committed, then crashed
             return
         legacy = folder / layout.LEGACY_STATE_FILE
+        migrated = legacy.exists()
         with database.writing() as sql:
             Database.create_schema(sql)
-            if legacy.exists():
+            if migrated:
                 _migrate_format_1(folder, sql, legacy)
             else:
                 generation = Database.new_generation(sql, model_config.identity,
@@ -52,6 +54,25 @@ def prepare(folder: Path, database: Database, model_config, *, lock_wait: float 
             Database.set_meta(sql, format=FORMAT, created_by=__version__,
                               created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         _remove_legacy_files(folder)
+        if migrated:
+            _build_first_index(folder, database)
+
+
+def _build_first_index(folder: Path, database: Database) -> None:
+    """The migrated vectors' index file, streamed from the database (a crash before its switch
+    leaves a store that answers from its change log until the next compaction)."""
+    with database.reading() as sql:
+        meta = Database.all_meta(sql)
+        count = int(sql.execute("SELECT count(*) FROM vectors").fetchone()[0])
+        watermark = Database.last_change(sql)
+    if count == 0:
+        return
+    generation = int(meta["generation"])
+    plan = IndexPlan.for_factory(meta.get("index_factory") or DEFAULT_FACTORY)
+    index_file = build_index_file(folder, database, generation, plan, watermark)
+    with database.writing() as sql:
+        switch_index(sql, folder, index_file, watermark, plan.factory)
+        Database.bump_version(sql)
 
 
 def _check_schema(folder: Path, database: Database) -> None:
@@ -91,14 +112,19 @@ def _migrate_format_1(folder: Path, sql, legacy: Path) -> None:
                                            record.person, record.sha256, record.size,
                                            record.mtime_ns), with_id=True)
     ids = [record.id for record in records]
-    if exact and ids:
-        vectors = np.stack([index.reconstruct(record_id) for record_id in ids])
-        Database.insert_vectors(sql, generation, ids, vectors)
-        Database.log_added(sql, ids)
+    if exact:
+        for start in range(0, len(ids), READ_CHUNK):  # bounded memory at any size
+            chunk = ids[start:start + READ_CHUNK]
+            Database.insert_vectors(sql, generation, chunk,
+                                    np.stack([index.reconstruct(i) for i in chunk]))
+            Database.log_added(sql, chunk)
     # Ids of removed images were never reused in format 1 either: keep counting from its next.
+    # (sqlite_sequence has no key: update its row, or add it if inserting with ids made none.)
     next_id = int(state.get("next_id", max(ids, default=-1) + 1))
-    sql.execute("INSERT OR REPLACE INTO sqlite_sequence (name, seq) VALUES ('records', ?)",
-                (max(next_id - 1, max(ids, default=0)),))
+    last = max(next_id - 1, max(ids, default=0))
+    if sql.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'records'",
+                   (last,)).rowcount == 0:
+        sql.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('records', ?)", (last,))
     Database.set_meta(sql, generation=generation, index_file=None, index_watermark=0,
                       index_factory=factory, index_chosen_for=state.get("index_chosen_for"),
                       calibration=state.get("calibration"), version=1,

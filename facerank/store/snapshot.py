@@ -129,15 +129,24 @@ class Snapshot:
         return out_d, out_i
 
     def changed(self, *, added: tuple[np.ndarray, np.ndarray] | None = None,
-                removed: np.ndarray | list = (), seq: int, version: int) -> "Snapshot":
-        """The next snapshot: ``added`` (ids, vectors) appended, ``removed`` ids hidden."""
+                removed: np.ndarray | list = (), seq: int, version: int,
+                new_records: int | None = None, records_removed: int | None = None
+                ) -> "Snapshot":
+        """The next snapshot: ``added`` (ids, vectors) appended, ``removed`` ids hidden.
+
+        ``removed`` are ids that had a vector here; ``records_removed`` counts the records that
+        went (more, when some had none yet); ``new_records``: how many of ``added`` are new
+        records (fewer, when a vector was embedded for a record that had none).
+        """
         delta, count = self.delta, self.count
-        if added is not None and len(added[0]):
-            delta, count = delta.append(*added), count + len(added[0])
-        gone = frozenset(int(i) for i in removed)
         added_count = 0 if added is None else len(added[0])
+        if added_count:
+            delta, count = delta.append(*added), count + added_count
+        gone = frozenset(int(i) for i in removed)
+        records = (self.records + (added_count if new_records is None else new_records)
+                   - (len(gone) if records_removed is None else records_removed))
         return replace(self, delta=delta, removed=self.removed | gone, seq=seq, version=version,
-                       count=count - len(gone), records=self.records + added_count - len(gone))
+                       count=count - len(gone), records=records)
 
 
 def read_snapshot(folder: Path, database: Database, model, faces, *,
