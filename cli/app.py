@@ -779,11 +779,21 @@ def serve(
     stores: Optional[List[Path]] = typer.Option(None, "--store", "-s", help="Store to serve "
                                                 "(repeat for several; the page lets users pick)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 exposes it to the "
-                             "network."),
+                             "network, which needs --token (or --insecure-no-token)."),
     port: int = typer.Option(8000, help="Port to listen on."),
     token: Optional[str] = typer.Option(None, envvar="FACERANK_TOKEN", help="Bearer token "
                                         "required by endpoints that change a store."),
+    read_token: Optional[str] = typer.Option(None, envvar="FACERANK_READ_TOKEN", help="Bearer "
+                                             "token (or --token) also required to list stores, "
+                                             "see thumbnails and query; the page takes it as "
+                                             "http://HOST:PORT/#token=READ_TOKEN."),
+    insecure_no_token: bool = typer.Option(False, "--insecure-no-token", help="Serve beyond "
+                                           "loopback with no token: anyone who reaches the "
+                                           "address may enrol and remove people."),
     max_upload_mb: float = typer.Option(10.0, help="Largest accepted photo, in MB."),
+    max_concurrent: Optional[int] = typer.Option(None, help="Model or store calls run at once "
+                                                 "(default: one per core); more wait their "
+                                                 "turn.", show_default=False),
 ):
     """Serve the web page and REST API (docs at /docs) for one or more stores.
 
@@ -791,6 +801,16 @@ def serve(
 
     Example:  facerank serve --store faces/ --port 8000
     """
+    # Checked before anything loads: a refusal should come at once, not after the model.
+    if not token and not _is_loopback(host):
+        if not insecure_no_token:
+            typer.echo(f"error: refusing to serve on {host} without a token: anyone who can "
+                       "reach it could enrol and remove people. Add --token SECRET (and "
+                       "--read-token to guard the answers too), or --insecure-no-token to serve "
+                       "it open anyway", err=True)
+            raise typer.Exit(2)
+        typer.echo(f"warning: serving on {host} without a token (--insecure-no-token): anyone "
+                   "who can reach it can enrol and remove people", err=True)
     try:
         import uvicorn
 
@@ -799,10 +819,24 @@ def serve(
         raise FacerankError(f"serving needs the 'serve' extra ({error.name} is missing): "
                             "pip install -e \".[serve]\"") from None
     folders = stores or [_store_path(None)]
-    application = create_app(folders, token=token,
-                             max_upload_bytes=int(max_upload_mb * 1024 * 1024))
+    application = create_app(folders, token=token, read_token=read_token,
+                             max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                             max_concurrent=max_concurrent)
     typer.echo(f"serving {', '.join(str(f) for f in folders)} on http://{host}:{port}/", err=True)
     uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host`` (a name other than localhost may resolve
+    to anything, so it counts as open)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 # -- demo ----------------------------------------------------------------------------------------

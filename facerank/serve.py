@@ -1,45 +1,68 @@
 """``facerank serve``: a REST API and a web page over one or more stores.
 
 Built on FastAPI (the optional ``facerank[serve]`` extra); ``import facerank`` never imports it.
-Each store is opened once per process. Queries run concurrently; writes to a store (enrol,
-remove) queue behind one another, and queries keep answering from a consistent state meanwhile.
+Each store is opened once per process.
 
-Safety: uploads are limited in size (413), recognised by their content rather than their name,
-re-encoded before anything is written, and saved under names the server chooses; no path from a
-client ever reaches the file system; thumbnails come only from a store's own records; changes
-need the bearer token when one is set; the CLI binds to 127.0.0.1 unless told otherwise.
+The event loop never waits on a model or a store: it only parses requests and awaits. Every
+model and store call (decoding an uploaded photo and making a thumbnail too) runs on a worker
+thread, at most ``max_concurrent`` at once (by default one per core); requests beyond that wait
+on a semaphore without holding a thread, and ``/api/health`` is answered on the loop itself,
+never queued behind model work. Writes to one store (enrol, remove) queue behind one another on
+a lock that is also awaited without holding a thread; queries keep answering from a consistent
+state meanwhile.
+
+Safety: a request body is counted as it arrives, chunked or not, and refused with 413 (closing
+the connection) once it passes two photos' worth: the rest of it is never read. Each photo is
+limited on its own as well (413). Uploads are recognised by their content rather than their
+name (415 otherwise), re-encoded before anything is written, and saved under names the server
+chooses; no path from a client ever reaches the file system; thumbnails come only from a
+store's own records. Changes need the bearer ``token`` when one is set. With a ``read_token``,
+the answers (the store list and info, which name people, thumbnails, identify, closest, faces,
+verify) need it or the write token; ``/api/health`` and the page stay open (the page sends a
+token given in its address as ``#token=...`` or typed into the field it shows when asked).
+The CLI binds to 127.0.0.1 unless told otherwise, and refuses any other address without
+``--token`` unless given ``--insecure-no-token``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import io
-import threading
+import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facerank import __version__, atomic
 from facerank.errors import FacerankError, ImageError, NoFaceError, StoreLockedError
 from facerank.images import load_image
 from facerank.store import FaceAnswer, FaceStore, Match
+from facerank.store.layout import UPLOAD_FOLDER
 
 DEFAULT_MAX_UPLOAD = 10 * 1024 * 1024
+# A request body may carry this many full-size photos (verify's pair) plus the multipart
+# headers and boundaries around them; enrol sends more photos in more requests.
+PHOTOS_PER_REQUEST = 2
+MULTIPART_SLACK = 64 * 1024
 THUMBNAIL_SIDE = 160
-UPLOAD_FOLDER = "uploads"
 PAGE = Path(__file__).parent / "web" / "index.html"
 NO_FACE_DETAIL = ("no face found in {}: this store answers for faces only; try a photo where a "
                   "face is larger and seen from the front")
 
 # The error answers every photo endpoint may give, for the OpenAPI schema.
 _PHOTO_ERRORS = {
-    413: {"description": "A photo is larger than the server's upload limit."},
+    413: {"description": "A photo, or the whole request, is larger than the server's upload "
+                         "limit."},
     415: {"description": "A photo cannot be read as an image."},
 }
 _NO_FACE = {
@@ -47,26 +70,119 @@ _NO_FACE = {
                          "without one (`detail`: \"no face found ...\"); or an invalid "
                          "parameter."},
 }
+# Declared only on the endpoints that need a token on this server (see create_app).
+_TOKEN_ERRORS = {
+    401: {"description": "No `Authorization: Bearer <token>` header was sent."},
+    403: {"description": "The bearer token is wrong."},
+}
+
+T = TypeVar("T")
 
 
 class _Served:
-    """A store with the lock that queues its writers."""
+    """A store with the lock that queues its writers.
+
+    An asyncio lock, awaited on the event loop: a writer waiting its turn holds no thread.
+    """
 
     def __init__(self, name: str, store: FaceStore):
         self.name = name
         self.store = store
-        self.write_lock = threading.Lock()
+        self.write_lock = asyncio.Lock()
+
+
+class _BodyTooLarge(HTTPException):
+    """A request body passed the limit while it was being read.
+
+    An ``HTTPException``: FastAPI passes those through its form parsing (any other error there
+    becomes a 400), so its handler answers 413. ``Connection: close`` makes the server drop the
+    connection after the answer instead of reading the rest of the body to reuse it.
+    """
+
+    def __init__(self, detail: str):
+        super().__init__(413, detail, headers={"Connection": "close"})
+
+
+class _BodyLimit:
+    """Pure ASGI middleware: refuse a request body past ``limit`` bytes as it streams in.
+
+    Content-Length cannot be trusted (a chunked body has none, and a client may lie), so the
+    bytes are counted as the app receives them; past the limit, receiving stops and the answer
+    is 413. A declared Content-Length over the limit is refused before any byte is read.
+    """
+
+    def __init__(self, app: ASGIApp, *, limit: int, detail: str):
+        self.app = app
+        self.limit = limit
+        self.detail = detail
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        received, started = 0, False
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _BodyTooLarge(self.detail)
+            return message
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, watched_send)
+        except _BodyTooLarge:
+            # Normally FastAPI's handler has answered already; this covers a body read
+            # outside a route (by another middleware, say).
+            if started:
+                raise
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = _BodyTooLarge(self.detail)
+        response = JSONResponse({"detail": error.detail}, status_code=error.status_code,
+                                headers=error.headers)
+        await response(scope, receive, send)
 
 
 def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: str | None = None,
-               max_upload_bytes: int = DEFAULT_MAX_UPLOAD) -> FastAPI:
+               read_token: str | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+               max_concurrent: int | None = None) -> FastAPI:
     """The FastAPI application serving ``stores`` (folders; named by folder name or dict key).
 
-    >>> app = create_app(["faces/"], token="s3cret")
+    ``token``: the bearer token that enrolling and removing need (None: anyone may).
+    ``read_token``: when set, listing stores, store info, thumbnails and every query need it
+    (or ``token``) too; it needs ``token``, as protecting answers while anyone may change them
+    would be no protection. ``max_upload_bytes``: the largest photo; a request body may carry
+    two such photos. ``max_concurrent``: how many model or store calls run at once (default:
+    the cores this process may use); more wait their turn without holding a thread.
+
+    The app runs on one event loop, as uvicorn runs it.
+
+    >>> app = create_app(["faces/"], token="s3cret", read_token="visitor")
     >>> uvicorn.run(app, host="127.0.0.1", port=8000)
     """
     if not stores:
         raise ValueError("serve needs at least one store")
+    token, read_token = token or None, read_token or None  # "" (an empty variable) means none
+    if read_token and not token:
+        raise ValueError("a read token without a write token would leave enrolling and "
+                         "removing open to anyone; set a write token too (`token`; --token on the "
+                         "command line)")
+    workers = _cores() if max_concurrent is None else max_concurrent
+    if workers < 1:
+        raise ValueError(f"max_concurrent must be at least 1, not {max_concurrent}")
     named = stores if isinstance(stores, dict) else {Path(s).resolve().name: s for s in stores}
     if len(named) < len(stores):
         raise ValueError("two stores have the same folder name; pass a dict of names to folders")
@@ -75,41 +191,55 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
 
     app = FastAPI(title="facerank", version=__version__,
                   description="Who is in a photo, and which gallery images are closest.")
+    request_limit = max_upload_bytes * PHOTOS_PER_REQUEST + MULTIPART_SLACK
+    app.add_middleware(_BodyLimit, limit=request_limit,
+                       detail=f"request body larger than {request_limit:,} bytes: send at most "
+                              f"{PHOTOS_PER_REQUEST} photos of up to {max_upload_bytes:,} bytes "
+                              "each per request")
+    slots = asyncio.Semaphore(workers)
+
+    async def compute(function: Callable[..., T], /, *args, **kwargs) -> T:
+        # The slot is awaited here, on the loop, before a thread is taken: requests queued
+        # behind busy workers hold no thread, and the loop stays free for /api/health.
+        async with slots:
+            return await run_in_threadpool(function, *args, **kwargs)
+
     bearer = HTTPBearer(auto_error=False)
 
-    def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)):
-        if token is None:
-            return
-        if credentials is None:
-            raise HTTPException(401, "this endpoint changes the store: send "
-                                "'Authorization: Bearer <token>'",
-                                headers={"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
-            raise HTTPException(403, "wrong token")
+    def bearer_check(accepted: list[str], what: str):
+        """A dependency letting through only requests with one of the ``accepted`` tokens."""
 
-    def get_store(name: str) -> _Served:
+        async def check(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)):
+            if credentials is None:
+                raise HTTPException(401, f"{what}: send 'Authorization: Bearer <token>'",
+                                    headers={"WWW-Authenticate": "Bearer"})
+            given = credentials.credentials.encode()
+            # Each token compared in constant time, and all of them: no early way out.
+            if not any([hmac.compare_digest(given, known.encode()) for known in accepted]):
+                raise HTTPException(403, "wrong token")
+
+        return check
+
+    # Endpoints that change a store need the write token; with a read token, the answers need
+    # either. Without a token, no check is attached and no 401/403 is declared.
+    writing = [Depends(bearer_check([token], "this endpoint changes the store"))] if token else []
+    reading = [Depends(bearer_check([read_token, token], "this server answers only with a "
+                                    "token (in the page: open /#token=<token>)"))
+               ] if read_token else []
+    write_errors = _TOKEN_ERRORS if token else {}
+    read_errors = _TOKEN_ERRORS if read_token else {}
+
+    async def get_store(name: str) -> _Served:
+        # async: a plain def dependency would take a worker thread for a dict lookup.
         if name not in served:
             raise HTTPException(404, f"no store named {name!r}; stores: {', '.join(served)}")
         return served[name]
 
-    async def read_photo(upload: UploadFile, field: str = "photo"):
+    async def read_photo(upload: UploadFile, field: str = "photo") -> Image.Image:
         data = await upload.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
             raise HTTPException(413, f"{field} is larger than {max_upload_bytes:,} bytes")
-        try:
-            return load_image(data)
-        except ImageError as error:
-            raise HTTPException(415, f"{field} ({upload.filename or 'upload'}): "
-                                f"{error.reason}") from None
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        # Refuse early, before the body is read, when the client says it is too large.
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > max_upload_bytes * 2 + 65536:
-            return JSONResponse({"detail": f"request larger than {max_upload_bytes:,} bytes per "
-                                           "photo"}, status_code=413)
-        return await call_next(request)
+        return await compute(_decode, data, f"{field} ({upload.filename or 'upload'})")
 
     @app.exception_handler(FacerankError)
     async def facerank_error(request: Request, error: FacerankError):
@@ -120,44 +250,46 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
         status = 409 if isinstance(error, StoreLockedError) else 400
         return JSONResponse({"detail": str(error)}, status_code=status)
 
-    def thumbnail_url(name: str, record_id: int) -> str:
-        return f"/api/stores/{name}/thumbnails/{record_id}"
-
     def match_json(name: str, match: Match) -> dict:
         # The file's name only: the server's folders are none of the client's business.
         return {"rank": match.rank, "person": match.person, "distance": match.distance,
                 "id": match.id, "file": Path(match.path).name,
-                "thumbnail": thumbnail_url(name, match.id)}
+                "thumbnail": f"/api/stores/{name}/thumbnails/{match.id}"}
 
     def face_json(name: str, answer: FaceAnswer) -> dict:
         data = answer.to_json()
         del data["matches"]  # full paths: replaced by closest entries shaped as /closest's
         return {**data, "closest": [match_json(name, m) for m in answer.matches]}
 
-    # -- reading ---------------------------------------------------------------------------------
+    # -- open to all -----------------------------------------------------------------------------
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page():
+    async def page():
         return HTMLResponse(page_html)
 
     @app.get("/api/health")
-    def health():
-        """Liveness: the stores this process serves."""
+    async def health():
+        """Liveness: the stores this process serves. Answered on the event loop at once, never
+        queued behind model work."""
         return {"status": "ok", "version": __version__, "stores": list(served)}
 
-    @app.get("/api/stores")
-    def list_stores():
-        """Every store with its summary."""
-        return [{"name": name, **_summary(s.store)} for name, s in served.items()]
+    # -- reading ---------------------------------------------------------------------------------
 
-    @app.get("/api/stores/{name}")
-    def store_info(entry: _Served = Depends(get_store)):
+    @app.get("/api/stores", dependencies=reading, responses=read_errors)
+    async def list_stores():
+        """Every store with its summary."""
+        return await compute(lambda: [{"name": name, **_summary(s.store)}
+                                      for name, s in served.items()])
+
+    @app.get("/api/stores/{name}", dependencies=reading, responses=read_errors)
+    async def store_info(entry: _Served = Depends(get_store)):
         """One store: model, preprocessing, index size, images per person."""
-        info = entry.store.info()
+        info = await compute(entry.store.info)
         info.pop("store", None)  # the server's folder is none of the client's business
         return {"name": entry.name, **info}
 
-    @app.post("/api/stores/{name}/identify", responses={**_PHOTO_ERRORS, **_NO_FACE})
+    @app.post("/api/stores/{name}/identify", dependencies=reading,
+              responses={**_PHOTO_ERRORS, **_NO_FACE, **read_errors})
     async def identify(photo: UploadFile = File(...), top_k: int = Query(5, ge=1, le=100),
                        entry: _Served = Depends(get_store)):
         """Who is it: the top people with probabilities from the fine-tuned classifier.
@@ -168,22 +300,28 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
         calibrated.
         """
         image = await read_photo(photo)
-        matches, predictions = entry.store.query(image, k=1, top_k=top_k)
-        nearest = matches[0] if matches else None
-        return {"people": [asdict(p) for p in predictions],
-                "unknown": entry.store.is_unknown(nearest),
-                "nearest_distance": nearest.distance if nearest else None,
-                "threshold": entry.store.threshold}
 
-    @app.post("/api/stores/{name}/closest", responses={**_PHOTO_ERRORS, **_NO_FACE})
+        def answer():
+            matches, predictions = entry.store.query(image, k=1, top_k=top_k)
+            nearest = matches[0] if matches else None
+            return {"people": [asdict(p) for p in predictions],
+                    "unknown": entry.store.is_unknown(nearest),
+                    "nearest_distance": nearest.distance if nearest else None,
+                    "threshold": entry.store.threshold}
+
+        return await compute(answer)
+
+    @app.post("/api/stores/{name}/closest", dependencies=reading,
+              responses={**_PHOTO_ERRORS, **_NO_FACE, **read_errors})
     async def closest(photo: UploadFile = File(...), k: int = Query(5, ge=1, le=100),
                       entry: _Served = Depends(get_store)):
         """The k nearest gallery images, with distances, people and thumbnail URLs."""
         image = await read_photo(photo)
-        matches = entry.store.closest(image, k=k)
+        matches = await compute(entry.store.closest, image, k=k)
         return {"closest": [match_json(entry.name, m) for m in matches]}
 
-    @app.post("/api/stores/{name}/faces", responses=_PHOTO_ERRORS)
+    @app.post("/api/stores/{name}/faces", dependencies=reading,
+              responses={**_PHOTO_ERRORS, **read_errors})
     async def faces(photo: UploadFile = File(...), k: int = Query(5, ge=1, le=100),
                     top_k: int = Query(5, ge=1, le=100), entry: _Served = Depends(get_store)):
         """Every face in the photo, largest first: where it is, who it may be, what it is
@@ -199,88 +337,137 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
         when it uses the whole image (always so for a store without a face step).
         """
         image = await read_photo(photo)
-        # Finding and embedding several faces takes a while: off the event loop.
-        answers = await run_in_threadpool(entry.store.identify, image, k=k, top_k=top_k)
-        return {"width": image.width, "height": image.height,
-                "faces": [face_json(entry.name, answer) for answer in answers],
-                "threshold": entry.store.threshold}
 
-    @app.post("/api/stores/{name}/verify", responses={**_PHOTO_ERRORS, **_NO_FACE})
+        def answer():
+            answers = entry.store.identify(image, k=k, top_k=top_k)
+            return {"width": image.width, "height": image.height,
+                    "faces": [face_json(entry.name, found) for found in answers],
+                    "threshold": entry.store.threshold}
+
+        return await compute(answer)
+
+    @app.post("/api/stores/{name}/verify", dependencies=reading,
+              responses={**_PHOTO_ERRORS, **_NO_FACE, **read_errors})
     async def verify(photo_a: UploadFile = File(...), photo_b: UploadFile = File(...),
                      entry: _Served = Depends(get_store)):
         """How far apart two faces are; `same` once the store has a calibrated threshold."""
         image_a = await read_photo(photo_a, "photo_a")
         image_b = await read_photo(photo_b, "photo_b")
-        try:
-            verdict = entry.store.verify(image_a, image_b)
-        except NoFaceError:
-            # Say which photo: the store's error cannot tell two uploads apart.
-            faceless = "photo_a" if not entry.store.find_faces(image_a) else "photo_b"
-            raise HTTPException(422, NO_FACE_DETAIL.format(faceless)) from None
-        return asdict(verdict)
 
-    @app.get("/api/stores/{name}/thumbnails/{record_id}", responses={200: {"content": {"image/jpeg": {}}}})
-    def thumbnail(record_id: int, entry: _Served = Depends(get_store)):
+        def answer():
+            try:
+                return asdict(entry.store.verify(image_a, image_b))
+            except NoFaceError:
+                # Say which photo: the store's error cannot tell two uploads apart.
+                faceless = "photo_a" if not entry.store.find_faces(image_a) else "photo_b"
+                raise HTTPException(422, NO_FACE_DETAIL.format(faceless)) from None
+
+        return await compute(answer)
+
+    @app.get("/api/stores/{name}/thumbnails/{record_id}", dependencies=reading,
+             responses={200: {"content": {"image/jpeg": {}}}, **read_errors})
+    async def thumbnail(record_id: int, entry: _Served = Depends(get_store)):
         """A small JPEG of an indexed image, looked up by record id only."""
-        record = entry.store.record(record_id)
-        if record is None:
-            raise HTTPException(404, f"no image with id {record_id} in store {entry.name!r}")
-        try:
-            image = load_image(record.path)
-        except ImageError as error:
-            raise HTTPException(410, f"image {record_id} is no longer readable: {error.reason}")
-        image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=85)
-        return Response(buffer.getvalue(), media_type="image/jpeg",
-                        headers={"Cache-Control": "max-age=300"})
+        return await compute(_thumbnail, entry, record_id)
 
     # -- changing --------------------------------------------------------------------------------
 
-    @app.post("/api/stores/{name}/people/{person}/images", dependencies=[Depends(require_token)],
-              responses=_PHOTO_ERRORS)
+    @app.post("/api/stores/{name}/people/{person}/images", dependencies=writing,
+              responses={**_PHOTO_ERRORS, **write_errors})
     async def enrol(person: str, photos: list[UploadFile] = File(...),
                     entry: _Served = Depends(get_store)):
         """Add photos of a person (new or existing) to the index."""
         if not person.strip() or "/" in person or person.startswith("."):
             raise HTTPException(422, f"invalid person name {person!r}")
         images = [await read_photo(upload, f"photos[{i}]") for i, upload in enumerate(photos)]
-        folder = entry.store.folder / UPLOAD_FOLDER / hashlib.sha256(person.encode()).hexdigest()[:16]
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for image in images:
-            # Re-encode what was decoded: nothing the client sent is written as it came.
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            data = buffer.getvalue()
-            path = folder / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
-            if not path.exists():
-                atomic.write_bytes(path, data)
-            paths.append(path)
-        with entry.write_lock:
+
+        def add():
+            # Saved under the write lock: a removal of the same person cannot delete a file
+            # (the store deletes its uploads with their last record) between save and add.
+            paths = _save_uploads(entry.store.folder / UPLOAD_FOLDER, person, images)
             report = entry.store.add(paths, person=person)
-        return {"person": person, "added": report.added, "unchanged": report.unchanged,
-                "images": len(entry.store)}
+            return {"person": person, "added": report.added, "unchanged": report.unchanged,
+                    "images": len(entry.store)}
 
-    @app.delete("/api/stores/{name}/people/{person}", dependencies=[Depends(require_token)])
-    def remove_person(person: str, entry: _Served = Depends(get_store)):
+        # Writers of one store queue here, holding no thread while they wait.
+        async with entry.write_lock:
+            return await compute(add)
+
+    @app.delete("/api/stores/{name}/people/{person}", dependencies=writing,
+                responses=write_errors)
+    async def remove_person(person: str, entry: _Served = Depends(get_store)):
         """Remove every image of a person from the index."""
-        with entry.write_lock:
-            report = entry.store.remove(person=person)
-        if report.removed == 0:
+        async with entry.write_lock:
+            removed, images = await compute(_remove, entry.store, person=person)
+        if removed == 0:
             raise HTTPException(404, f"no images of {person!r} in store {entry.name!r}")
-        return {"removed": report.removed, "images": len(entry.store)}
+        return {"removed": removed, "images": images}
 
-    @app.delete("/api/stores/{name}/images/{record_id}", dependencies=[Depends(require_token)])
-    def remove_image(record_id: int, entry: _Served = Depends(get_store)):
+    @app.delete("/api/stores/{name}/images/{record_id}", dependencies=writing,
+                responses=write_errors)
+    async def remove_image(record_id: int, entry: _Served = Depends(get_store)):
         """Remove one image from the index by record id."""
-        with entry.write_lock:
-            report = entry.store.remove(ids=[record_id])
-        if report.removed == 0:
+        async with entry.write_lock:
+            removed, images = await compute(_remove, entry.store, ids=[record_id])
+        if removed == 0:
             raise HTTPException(404, f"no image with id {record_id} in store {entry.name!r}")
-        return {"removed": 1, "images": len(entry.store)}
+        return {"removed": removed, "images": images}
 
     return app
+
+
+# -- the work done on worker threads ---------------------------------------------------------------
+
+def _cores() -> int:
+    """The cores this process may run on (fewer than the machine's in a limited container)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _decode(data: bytes, label: str) -> Image.Image:
+    try:
+        return load_image(data)
+    except ImageError as error:
+        raise HTTPException(415, f"{label}: {error.reason}") from None
+
+
+def _save_uploads(uploads: Path, person: str, images: list[Image.Image]) -> list[Path]:
+    """Write decoded photos under names the server chooses; their paths, in order."""
+    folder = uploads / hashlib.sha256(person.encode()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for image in images:
+        # Re-encode what was decoded: nothing the client sent is written as it came.
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        data = buffer.getvalue()
+        path = folder / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
+        if not path.exists():
+            atomic.write_bytes(path, data)
+        paths.append(path)
+    return paths
+
+
+def _thumbnail(entry: _Served, record_id: int) -> Response:
+    record = entry.store.record(record_id)
+    if record is None:
+        raise HTTPException(404, f"no image with id {record_id} in store {entry.name!r}")
+    try:
+        image = load_image(record.path)
+    except ImageError as error:
+        raise HTTPException(410, f"image {record_id} is no longer readable: {error.reason}")
+    image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return Response(buffer.getvalue(), media_type="image/jpeg",
+                    headers={"Cache-Control": "private, max-age=300"})
+
+
+def _remove(store: FaceStore, **which) -> tuple[int, int]:
+    """Images removed, and images left."""
+    report = store.remove(**which)
+    return report.removed, len(store)
 
 
 def _summary(store: FaceStore) -> dict:

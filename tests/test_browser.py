@@ -1,5 +1,6 @@
 """End to end in a real headless Chromium: upload a photo, see the bar chart and the neighbours;
-upload a group photo, see a box per face, click one, see that face's answer.
+upload a group photo, see a box per face, click one, see that face's answer; a bad upload
+clears the last answer; a server with a read token is used with it.
 
 Needs Debian's chromium (`apt-get install chromium`; `.ci/run` installs it) and the Playwright
 package (no browser download: it drives /usr/bin/chromium). Skipped where either is missing,
@@ -34,17 +35,14 @@ def _missing(reason: str):
     pytest.skip(reason)
 
 
-@pytest.fixture
-def server_url(store_copy):
+def _serve(app):
+    """Run ``app`` on a free loopback port in a thread; yields its URL."""
     uvicorn = pytest.importorskip("uvicorn")
-    from facerank.serve import create_app
-
-    store, _ = store_copy
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app([store.folder]), host="127.0.0.1",
-                                           port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -54,6 +52,25 @@ def server_url(store_copy):
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture
+def server_url(store_copy):
+    from facerank.serve import create_app
+
+    yield from _serve(create_app([store_copy[0].folder]))
+
+
+READ_TOKEN, WRITE_TOKEN = "reader-token", "writer-token"
+
+
+@pytest.fixture
+def guarded_url(store_copy):
+    """A server whose answers need a token."""
+    from facerank.serve import create_app
+
+    yield from _serve(create_app([store_copy[0].folder], token=WRITE_TOKEN,
+                                 read_token=READ_TOKEN))
 
 
 def _playwright():
@@ -77,6 +94,13 @@ def _launch(playwright):
 THUMBNAILS_SHOWN = (
     "document.querySelectorAll('#closest img').length > 0 && "
     "[...document.querySelectorAll('#closest img')].every(i => i.complete && i.naturalWidth > 0)")
+
+# What the page shows of an answer: bars, neighbours, and whether their cards are visible.
+SHOWN = """() => ({
+    bars: document.querySelectorAll('.bar-row').length,
+    closest: document.querySelectorAll('#closest figure').length,
+    results: !document.getElementById('results').hidden,
+    photo: !document.getElementById('photo-card').hidden})"""
 
 
 def test_upload_shows_the_right_person_first_and_the_closest_faces(server_url, store_copy,
@@ -185,3 +209,74 @@ def test_a_group_photo_gets_a_box_per_face_and_each_face_its_own_answer(server_u
     assert captions[0] == f"#1 {faces[1]['closest'][0]['person']}"
     assert status.startswith("Face 2: ") and faces[1]["people"][0]["person"] in status
     assert emptied == {"boxes": 0, "bars": 0, "closest": 0} and not results_shown
+
+
+def test_a_failed_upload_clears_the_previous_answer(server_url, store_copy, tmp_path):
+    sync_playwright = _playwright()
+    _, gallery = store_copy
+    not_a_photo = tmp_path / "holiday.jpg"
+    not_a_photo.write_text("a text file, whatever its name says")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = _launch(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.goto(server_url)
+            page.wait_for_selector("#store option", state="attached")
+            page.set_input_files("#photo", str(gallery / "s2" / "3.pgm"))
+            page.wait_for_selector(".bar-row")
+            page.wait_for_function(THUMBNAILS_SHOWN)
+            before = page.evaluate(SHOWN)
+            page.set_input_files("#photo", str(not_a_photo))
+            page.wait_for_selector("#status.error")
+            status = page.inner_text("#status")
+            after = page.evaluate(SHOWN)
+            page.screenshot(path=str(ARTIFACTS / "serve-page-bad-upload.png"), full_page=True)
+        finally:
+            browser.close()
+    assert before == {"bars": 5, "closest": 8, "results": True, "photo": True}, before
+    # The server's 415, naming the upload; nothing of the previous photo's answer under it.
+    assert "holiday.jpg" in status and "image" in status.lower(), status
+    assert after == {"bars": 0, "closest": 0, "results": False, "photo": False}, after
+
+
+
+def test_the_page_sends_a_read_token_typed_in_or_given_in_its_address(guarded_url, store_copy):
+    sync_playwright = _playwright()
+    store, gallery = store_copy
+    photo = str(gallery / "s4" / "2.pgm")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = _launch(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            # Without a token: the server refuses, the page says so and shows the token field.
+            page.goto(guarded_url)
+            page.wait_for_selector("#status.error")
+            refused = page.inner_text("#status")
+            field_shown = page.locator("#token").is_visible()
+            listed_before = page.locator("#store option").count()
+            # Typed in: the stores are listed, and an upload answered, thumbnails included.
+            page.fill("#token", READ_TOKEN)
+            page.press("#token", "Enter")
+            page.wait_for_selector("#store option", state="attached")
+            page.set_input_files("#photo", photo)
+            page.wait_for_selector(".bar-row")
+            page.wait_for_function(THUMBNAILS_SHOWN)
+            typed = page.evaluate(SHOWN)
+
+            # Given in the address: answered from the start, no field needed.
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.goto(f"{guarded_url}/#token={READ_TOKEN}")
+            page.wait_for_selector("#store option", state="attached")
+            page.set_input_files("#photo", photo)
+            page.wait_for_selector(".bar-row")
+            page.wait_for_function(THUMBNAILS_SHOWN)
+            linked = page.evaluate(SHOWN)
+            field_hidden = not page.locator("#token").is_visible()
+            page.screenshot(path=str(ARTIFACTS / "serve-page-read-token.png"), full_page=True)
+        finally:
+            browser.close()
+    assert "needs an access token" in refused and field_shown and listed_before == 0
+    assert typed == linked == {"bars": 5, "closest": 8, "results": True, "photo": True}
+    assert field_hidden

@@ -1,10 +1,14 @@
-"""The web API in-process (FastAPI's TestClient): every endpoint and every error path."""
+"""The web API in-process (FastAPI's TestClient): every endpoint and every error path, the
+tokens, and model work kept off the event loop. (tests/test_serve_live.py runs the real server.)"""
 
 from __future__ import annotations
 
 import io
 import json
 import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +95,10 @@ def test_health_stores_info_and_openapi(client):
             "/api/stores/{name}/people/{person}/images"} <= set(paths)
     assert "422" in paths["/api/stores/{name}/identify"]["post"]["responses"]
     assert {"413", "415"} <= set(paths["/api/stores/{name}/faces"]["post"]["responses"])
+    # A write token only: changes may answer 401/403, queries may not.
+    assert {"401", "403"} <= set(paths["/api/stores/{name}/people/{person}/images"]["post"]
+                                 ["responses"])
+    assert "401" not in paths["/api/stores/{name}/identify"]["post"]["responses"]
     assert "<title>facerank</title>" in client.get("/").text
 
 
@@ -293,3 +301,167 @@ def test_a_photo_without_a_face_under_the_skip_policy(skipping_client, gallery):
     found = client.post(f"/api/stores/{name}/faces",
                         files={"photo": _photo(gallery / "s1" / "1.pgm")}).json()["faces"]
     assert [face["closest"][0]["person"] for face in found] == ["s1"]
+
+
+def test_a_request_body_over_two_photos_worth_is_refused_whole(client):
+    # Each photo under the 200 kB limit, the three together over the body's 2 x 200 kB + 64 kB.
+    photos = [("photos", (f"{i}.png", bytes(190_000), "image/png")) for i in range(3)]
+    response = client.post(f"/api/stores/{client.store_name}/people/many/images", files=photos,
+                           headers=_auth())
+    assert response.status_code == 413, response.text
+    assert response.json()["detail"].startswith("request body larger than 465,536 bytes")
+    assert response.headers["connection"] == "close"
+
+
+# -- tokens for reading ----------------------------------------------------------------------------
+
+READ_TOKEN = "r3ader"
+
+
+@pytest.fixture
+def guarded(store_copy):
+    store, gallery = store_copy
+    app = create_app([store.folder], token=TOKEN, read_token=READ_TOKEN)
+    with TestClient(app) as test_client:
+        test_client.store_name = store.folder.name
+        test_client.gallery = gallery
+        yield test_client
+
+
+def test_a_read_token_guards_every_answer_but_health_and_the_page(guarded):
+    client, name = guarded, guarded.store_name
+    photo = (guarded.gallery / "s3" / "2.pgm").read_bytes()
+    one = lambda field="photo": {field: ("p.pgm", photo)}  # noqa: E731
+    thumbnail = client.post(f"/api/stores/{name}/closest?k=1", files=one(),
+                            headers={"Authorization": f"Bearer {READ_TOKEN}"}
+                            ).json()["closest"][0]["thumbnail"]
+    answers = [
+        ("GET", "/api/stores", {}), ("GET", "/api/stores/{name}", {}),
+        ("GET", "/api/stores/{name}/thumbnails/{record_id}", {}),
+        ("POST", "/api/stores/{name}/identify", {"files": one}),
+        ("POST", "/api/stores/{name}/closest", {"files": one}),
+        ("POST", "/api/stores/{name}/faces", {"files": one}),
+        ("POST", "/api/stores/{name}/verify",
+         {"files": lambda: {**one("photo_a"), **one("photo_b")}}),
+    ]
+    paths = client.get("/openapi.json").json()["paths"]
+    for method, route, options in answers:
+        url = route.replace("{name}", name).replace("/thumbnails/{record_id}",
+                                                    thumbnail[thumbnail.index("/thumbnails/"):])
+
+        def send(token=None):
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            files = options["files"]() if "files" in options else None
+            return client.request(method, url, files=files, headers=headers)
+
+        refused = send()
+        assert refused.status_code == 401, (route, refused.text)
+        assert refused.headers["www-authenticate"] == "Bearer"
+        assert send("nope").status_code == 403, route
+        assert send(READ_TOKEN).status_code == 200, route
+        assert send(TOKEN).status_code == 200, route  # the write token reads too
+        assert {"401", "403"} <= set(paths[route][method.lower()]["responses"]), route
+    # Open to all: liveness and the page itself (which then asks for the token).
+    assert client.get("/api/health").status_code == 200
+    assert "<title>facerank</title>" in client.get("/").text
+    assert "401" not in paths["/api/health"]["get"]["responses"]
+    # The read token changes nothing.
+    enrol = client.post(f"/api/stores/{name}/people/visitor/images",
+                        files={"photos": ("p.pgm", photo)},
+                        headers={"Authorization": f"Bearer {READ_TOKEN}"})
+    assert enrol.status_code == 403
+
+
+def test_tokens_and_bounds_are_checked_when_the_app_is_made(store_copy):
+    store, _ = store_copy
+    with pytest.raises(ValueError, match="set a write token too"):
+        create_app([store.folder], read_token=READ_TOKEN)
+    with pytest.raises(ValueError, match="max_concurrent must be at least 1"):
+        create_app([store.folder], max_concurrent=0)
+
+
+# -- never blocking --------------------------------------------------------------------------------
+
+class Gate:
+    """Holds every call of a ``FaceStore`` method until released, counting the calls inside."""
+
+    def __init__(self, monkeypatch, method: str):
+        original = getattr(FaceStore, method)
+        self.entered = threading.Semaphore(0)
+        self.release = threading.Event()
+        self.inside = self.most_inside = 0
+        count = threading.Lock()
+
+        def held(store, *args, **kwargs):
+            with count:
+                self.inside += 1
+                self.most_inside = max(self.most_inside, self.inside)
+            self.entered.release()
+            try:
+                # Released by the test, or after 20 s: a blocked loop then shows as slowness
+                # in an assertion rather than as a hung suite.
+                self.release.wait(20)
+                return original(store, *args, **kwargs)
+            finally:
+                with count:
+                    self.inside -= 1
+
+        monkeypatch.setattr(FaceStore, method, held)
+
+    def wait_for(self, calls: int) -> None:
+        for _ in range(calls):
+            assert self.entered.acquire(timeout=30), "the call never reached the store"
+
+
+def _post_photo(client, url, path):
+    return client.post(url, files={"photo": ("p.pgm", path.read_bytes())})
+
+
+def test_health_answers_while_model_work_is_held_and_work_is_bounded(store_copy, monkeypatch):
+    store, gallery = store_copy
+    gate = Gate(monkeypatch, "closest")
+    with TestClient(create_app([store.folder], max_concurrent=2)) as client, \
+            ThreadPoolExecutor(5) as pool:
+        url = f"/api/stores/{store.folder.name}/closest?k=1"
+        queries = [pool.submit(_post_photo, client, url, gallery / "s2" / f"{n}.pgm")
+                   for n in range(1, 6)]
+        gate.wait_for(2)
+        time.sleep(0.3)  # time for a third call to get in, were the bound not kept
+        inside = gate.inside
+        started = time.perf_counter()
+        health = client.get("/api/health")
+        elapsed = time.perf_counter() - started
+        held_meanwhile = not gate.release.is_set()
+        gate.release.set()
+        answers = [query.result() for query in queries]
+    assert health.status_code == 200 and held_meanwhile and elapsed < 1.0, elapsed
+    assert inside == 2 and gate.most_inside == 2  # max_concurrent, never more
+    assert [a.json()["closest"][0]["file"] for a in answers] == [f"{n}.pgm" for n in range(1, 6)]
+
+
+def test_queued_writers_hold_no_worker_and_take_turns(store_copy, monkeypatch):
+    store, gallery = store_copy
+    gate = Gate(monkeypatch, "add")
+    with TestClient(create_app([store.folder], max_concurrent=2)) as client, \
+            ThreadPoolExecutor(3) as pool:
+        name = store.folder.name
+
+        def enrol(n):
+            photo = _png(Image.open(gallery / "s5" / f"{n}.pgm").rotate(8))
+            return client.post(f"/api/stores/{name}/people/late/images",
+                               files=[("photos", photo)])
+
+        writes = [pool.submit(enrol, n) for n in (1, 2, 3)]
+        gate.wait_for(1)
+        time.sleep(0.3)  # time for the other writers to reach the store, were they not queued
+        inside = gate.inside
+        # One slot is the writer's; the queued writers hold none, so a query gets the other.
+        query = _post_photo(client, f"/api/stores/{name}/closest?k=1", gallery / "s4" / "3.pgm")
+        held_meanwhile = not gate.release.is_set()
+        gate.release.set()
+        statuses = [write.result().status_code for write in writes]
+        images = client.get(f"/api/stores/{name}").json()["images"]
+    assert query.status_code == 200 and held_meanwhile
+    assert query.json()["closest"][0]["file"] == "3.pgm"
+    assert inside == 1 and gate.most_inside == 1  # one writer at a time
+    assert statuses == [200] * 3 and images == 53  # each waited its turn: no 409

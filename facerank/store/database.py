@@ -57,6 +57,28 @@ _SCHEMA = (
 _RECORD_COLUMNS = "id, path, person, sha256, size, mtime_ns"
 
 
+def to_sql(text: str) -> str:
+    """A path or name as SQLite can store it. File names that are not valid UTF-8 reach Python
+    with lone surrogates (surrogateescape), which SQLite's UTF-8 text refuses: each becomes a
+    character of Unicode's private-use plane 15, one for one, so equality and prefixes still
+    work and ``from_sql`` gives the name back."""
+    if text.isascii():
+        return text
+    return "".join(chr(0xF0000 + ord(c) - 0xD800) if 0xD800 <= ord(c) <= 0xDFFF else c
+                   for c in text)
+
+
+def from_sql(text: str) -> str:
+    if text.isascii():
+        return text
+    return "".join(chr(0xD800 + ord(c) - 0xF0000) if 0xF0000 <= ord(c) <= 0xF07FF else c
+                   for c in text)
+
+
+def _record(row) -> Record:
+    return Record(row[0], from_sql(row[1]), from_sql(row[2]), *row[3:])
+
+
 class Database:
     """The store's SQLite file, with one connection per thread (sqlite3's rule).
 
@@ -171,12 +193,13 @@ class Database:
     def insert_record(sql: sqlite3.Connection, record: Record, *, with_id: bool = False) -> int:
         if with_id:
             sql.execute(f"INSERT INTO records ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                        (record.id, record.path, record.person, record.sha256, record.size,
-                         record.mtime_ns))
+                        (record.id, to_sql(record.path), to_sql(record.person), record.sha256,
+                         record.size, record.mtime_ns))
             return record.id
         cursor = sql.execute("INSERT INTO records (path, person, sha256, size, mtime_ns) "
-                             "VALUES (?, ?, ?, ?, ?)", (record.path, record.person, record.sha256,
-                                                        record.size, record.mtime_ns))
+                             "VALUES (?, ?, ?, ?, ?)", (to_sql(record.path), to_sql(record.person),
+                                                        record.sha256, record.size,
+                                                        record.mtime_ns))
         return int(cursor.lastrowid)
 
     @staticmethod
@@ -195,14 +218,17 @@ class Database:
         place with the same face (new hash, re-embedded under the same id)."""
         sql.execute("UPDATE records SET path = COALESCE(?, path), sha256 = COALESCE(?, sha256), "
                     "size = ?, mtime_ns = ? WHERE id = ?",
-                    (path, sha256, size, mtime_ns, int(record_id)))
+                    (None if path is None else to_sql(path), sha256, size, mtime_ns,
+                     int(record_id)))
 
     @staticmethod
     def records(sql: sqlite3.Connection, where: str = "", parameters: Iterable = ()
                 ) -> list[Record]:
+        """Records matching ``where``; text parameters (paths, names) are passed through
+        ``to_sql`` here."""
         rows = sql.execute(f"SELECT {_RECORD_COLUMNS} FROM records {where} ORDER BY id",
-                           tuple(parameters))
-        return [Record(*row) for row in rows]
+                           tuple(to_sql(p) if isinstance(p, str) else p for p in parameters))
+        return [_record(row) for row in rows]
 
     @staticmethod
     def records_by_id(sql: sqlite3.Connection, ids: Iterable[int]) -> dict[int, Record]:
@@ -213,8 +239,13 @@ class Database:
             marks = ",".join("?" * len(chunk))
             for row in sql.execute(f"SELECT {_RECORD_COLUMNS} FROM records WHERE id IN ({marks})",
                                    chunk):
-                found[row[0]] = Record(*row)
+                found[row[0]] = _record(row)
         return found
+
+    @staticmethod
+    def people_counts(sql: sqlite3.Connection) -> dict[str, int]:
+        return {from_sql(person): count for person, count in
+                sql.execute("SELECT person, count(*) FROM records GROUP BY person")}
 
     @staticmethod
     def count(sql: sqlite3.Connection) -> int:
@@ -300,9 +331,9 @@ class Database:
     def paths_in_use(sql: sqlite3.Connection, paths: Sequence[str]) -> set[str]:
         used = set()
         for start in range(0, len(paths), 900):
-            chunk = list(paths[start:start + 900])
+            chunk = [to_sql(p) for p in paths[start:start + 900]]
             marks = ",".join("?" * len(chunk))
-            used |= {row[0] for row in sql.execute(
+            used |= {from_sql(row[0]) for row in sql.execute(
                 f"SELECT path FROM records WHERE path IN ({marks})", chunk)}
         return used
 

@@ -160,7 +160,7 @@ class FaceStore:
     def info(self) -> dict:
         snapshot = self.snapshot()
         with self.database.reading() as sql:
-            counts = dict(sql.execute("SELECT person, count(*) FROM records GROUP BY person"))
+            counts = Database.people_counts(sql)
         config = snapshot.model.config
         meta = snapshot.meta
         return {
