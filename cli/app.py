@@ -792,7 +792,7 @@ def serve(
                                            "address may enrol and remove people."),
     max_upload_mb: float = typer.Option(10.0, help="Largest accepted photo, in MB."),
     max_concurrent: Optional[int] = typer.Option(None, help="Model or store calls run at once "
-                                                 "(default: one per core); more wait their "
+                                                 "(default 1: each uses every core); more wait their "
                                                  "turn.", show_default=False),
 ):
     """Serve the web page and REST API (docs at /docs) for one or more stores.

@@ -5,7 +5,7 @@ Each store is opened once per process.
 
 The event loop never waits on a model or a store: it only parses requests and awaits. Every
 model and store call (decoding an uploaded photo and making a thumbnail too) runs on a worker
-thread, at most ``max_concurrent`` at once (by default one per core); requests beyond that wait
+thread, at most ``max_concurrent`` at once (by default one); requests beyond that wait
 on a semaphore without holding a thread, and ``/api/health`` is answered on the loop itself,
 never queued behind model work. Writes to one store (enrol, remove) queue behind one another on
 a lock that is also awaited without holding a thread; queries keep answering from a consistent
@@ -30,7 +30,6 @@ import asyncio
 import hashlib
 import hmac
 import io
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
@@ -55,6 +54,8 @@ DEFAULT_MAX_UPLOAD = 10 * 1024 * 1024
 PHOTOS_PER_REQUEST = 2
 MULTIPART_SLACK = 64 * 1024
 THUMBNAIL_SIDE = 160
+#: Model or store calls at once: one, as the runtime already uses every core for each call.
+DEFAULT_CONCURRENCY = 1
 PAGE = Path(__file__).parent / "web" / "index.html"
 NO_FACE_DETAIL = ("no face found in {}: this store answers for faces only; try a photo where a "
                   "face is larger and seen from the front")
@@ -165,8 +166,10 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
     ``read_token``: when set, listing stores, store info, thumbnails and every query need it
     (or ``token``) too; it needs ``token``, as protecting answers while anyone may change them
     would be no protection. ``max_upload_bytes``: the largest photo; a request body may carry
-    two such photos. ``max_concurrent``: how many model or store calls run at once (default:
-    the cores this process may use); more wait their turn without holding a thread.
+    two such photos. ``max_concurrent``: how many model or store calls run at once (default 1:
+    the runtime already spreads one call over every core, and two at once on 2 cores served
+    fewer requests per second with slower health answers, benchmarks/results/serve_load-*.md);
+    more wait their turn without holding a thread.
 
     The app runs on one event loop, as uvicorn runs it.
 
@@ -180,7 +183,7 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
         raise ValueError("a read token without a write token would leave enrolling and "
                          "removing open to anyone; set a write token too (`token`; --token on the "
                          "command line)")
-    workers = _cores() if max_concurrent is None else max_concurrent
+    workers = DEFAULT_CONCURRENCY if max_concurrent is None else max_concurrent
     if workers < 1:
         raise ValueError(f"max_concurrent must be at least 1, not {max_concurrent}")
     named = stores if isinstance(stores, dict) else {Path(s).resolve().name: s for s in stores}
@@ -417,13 +420,6 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
 
 
 # -- the work done on worker threads ---------------------------------------------------------------
-
-def _cores() -> int:
-    """The cores this process may run on (fewer than the machine's in a limited container)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
 
 def _decode(data: bytes, label: str) -> Image.Image:
     try:
