@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -45,9 +46,21 @@ def installed_wheel(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _run(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(site)}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+    # -S: no site-packages .pth files, so the editable install's import hook cannot fill in a
+    # module the wheel lacks; the dependencies come from this environment's site-packages.
+    dependencies = sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *dependencies])}
+    return subprocess.run([sys.executable, "-S", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
+
+
+def test_the_wheel_carries_every_module_of_the_checkout(installed_wheel):
+    names = set(zipfile.ZipFile(installed_wheel[0]).namelist())
+    modules = {f"facerank/{path.relative_to(REPO / 'facerank').as_posix()}"
+               for path in (REPO / "facerank").rglob("*.py")}
+    modules |= {f"facerank/cli/{path.relative_to(REPO / 'cli').as_posix()}"
+                for path in (REPO / "cli").rglob("*.py")}
+    assert modules - names == set()
 
 
 def test_the_wheel_carries_the_page_the_cli_and_the_demo_gallery(installed_wheel):
