@@ -328,6 +328,54 @@ class FaceIndex:
             twin._index = faiss.deserialize_index(faiss.serialize_index(self._index))
         return twin
 
+    def merge(self, shards: list["FaceIndex"]) -> None:
+        """Move the vectors of ``shards`` into this index: indexes of the same trained kind,
+        filled separately (on other machines, say) from a copy of this one. Lists are appended
+        in the order given, so merging shards of consecutive id ranges answers exactly as adding
+        their vectors here one after another would. The shards are emptied.
+
+        >>> shard = index.copy(); shard.add(ids, vectors); index.merge([shard])
+        """
+        for shard in shards:
+            if shard.dim != self.dim or shard.factory != self.factory or \
+                    shard.is_built != self.is_built:
+                raise ValueError(f"cannot merge a {shard.factory} index ({shard.dim}-d) into a "
+                                 f"{self.factory} index ({self.dim}-d)")
+        if len(self) == 0:
+            # A factory-made Flat is an IndexFlat, a read one an IndexFlatL2, and FAISS merges
+            # only the same class: start from the serialised form, as the shards did.
+            self._index = faiss.deserialize_index(faiss.serialize_index(self._index))
+        mine = _parts(self._index)
+        for position, part in enumerate(mine):
+            ivf = faiss.try_extract_index_ivf(part)
+            if ivf is None:  # vectors by position under IDMap2: FAISS appends codes and ids
+                for shard in shards:
+                    faiss.downcast_index(part).merge_from(_parts(shard._index)[position], 0)
+                continue
+            # FAISS merges inverted lists only without an id -> list map; rebuild it after.
+            kind = ivf.direct_map.type
+            ivf.set_direct_map_type(faiss.DirectMap.NoMap)
+            for shard in shards:
+                other = faiss.extract_index_ivf(_parts(shard._index)[position])
+                other.set_direct_map_type(faiss.DirectMap.NoMap)
+                ivf.merge_from(other, 0)
+            ivf.set_direct_map_type(kind)
+            part.ntotal = ivf.ntotal  # a transform in front (PCA) keeps its own count
+        if isinstance(self._index, faiss.IndexRefine):
+            self._index.ntotal = self._index.base_index.ntotal
+
+    def to_bytes(self) -> bytes:
+        """The index as FAISS serialises it: to send to another process (``from_bytes``)."""
+        return faiss.serialize_index(self._index).tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, plan: IndexPlan) -> "FaceIndex":
+        index = cls.__new__(cls)
+        raw = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        index.dim, index.plan, index.factory, index._index = raw.d, plan, plan.factory, raw
+        index._built = not (index.is_exact and plan.train_size)
+        return index
+
     def save(self, path: str | Path) -> None:
         atomic.write_with(path, lambda temporary: faiss.write_index(self._index, str(temporary)))
 

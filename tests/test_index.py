@@ -252,3 +252,39 @@ def test_train_on_a_sample_moves_what_was_held(faces, exact):
     assert agreement(index.search(queries, 10)[1], exact[1])[0] >= 0.95
     with pytest.raises(ValueError, match="already trained"):
         index.train(base)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat", "IVF16,PQ8np",
+                                     "PCAR32,IVF16,PQ4np,Refine(SQ8)"])
+def test_shards_filled_apart_and_merged_answer_as_one_build(factory):
+    """What a distributed build does (facerank.scale.index_build): one trained, empty index
+    sent as bytes, shards of consecutive ids filled from copies, merged in order."""
+    dim, count = 64, 20_000
+    vectors = np.random.default_rng(3).standard_normal((count, dim)).astype(np.float32)
+    plan = IndexPlan.for_factory(factory)
+    merged = FaceIndex(dim, plan=plan)
+    if plan.train_size:
+        merged.train(vectors[:plan.train_size])
+    empty = merged.to_bytes()
+    whole = FaceIndex.from_bytes(empty, plan=plan)
+    whole.add(np.arange(count), vectors)
+    shards = []
+    for start in range(0, count, 7_000):
+        shard = FaceIndex.from_bytes(empty, plan=plan)
+        shard.add(np.arange(start, min(start + 7_000, count)), vectors[start:start + 7_000])
+        shards.append(FaceIndex.from_bytes(shard.to_bytes(), plan=plan))
+    merged.merge(shards)
+    queries = vectors[::400] + 0.01
+    assert len(merged) == count
+    for (d_a, i_a), (d_b, i_b) in [(whole.search(queries, 10), merged.search(queries, 10))]:
+        assert np.array_equal(i_a, i_b) and np.allclose(d_a, d_b)
+    # The merged index keeps working as any other: removal, reconstruction.
+    assert merged.remove(np.arange(100)) == 100
+    assert not np.isin(merged.search(queries, 10)[1], np.arange(100)).any()
+    np.testing.assert_allclose(merged.reconstruct(500), whole.reconstruct(500), rtol=1e-6)
+
+
+def test_merge_refuses_another_kind_of_index():
+    flat, ivf = FaceIndex(8), FaceIndex(8, factory="IVF4,Flat")
+    with pytest.raises(ValueError, match="cannot merge"):
+        flat.merge([ivf])

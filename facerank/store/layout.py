@@ -34,9 +34,14 @@ def index_file_name(generation: int, watermark: int) -> str:
     return f"index-g{generation}-w{watermark}-{os.urandom(3).hex()}.faiss"
 
 
+def is_uri(path: str | Path) -> bool:
+    """Whether ``path`` names a file elsewhere (``s3://bucket/a.jpg``), kept as it is."""
+    return isinstance(path, str) and "://" in path
+
+
 def absolute(path: str | Path) -> str:
     """The key a record's path is compared by: absolute, not resolved (links kept)."""
-    return os.path.abspath(path)
+    return path if is_uri(path) else os.path.abspath(path)
 
 
 def stored_path(folder: Path, path: str | Path) -> str:
@@ -49,9 +54,9 @@ def stored_path(folder: Path, path: str | Path) -> str:
 
 
 def resolved_path(folder: Path, stored: str) -> str:
-    return stored if os.path.isabs(stored) else absolute(folder / stored)
+    return stored if os.path.isabs(stored) or is_uri(stored) else absolute(folder / stored)
 
 
 def is_owned(stored: str) -> bool:
     """Whether a record's stored path is a file the store owns (an upload)."""
-    return not os.path.isabs(stored) and Path(stored).parts[:1] == (UPLOAD_FOLDER,)
+    return not os.path.isabs(stored) and not is_uri(stored) and Path(stored).parts[:1] == (UPLOAD_FOLDER,)
