@@ -152,6 +152,13 @@ def train(
     allow_base_mismatch: bool = typer.Option(
         False, "--allow-base-mismatch", help="Fine-tune a facerank base with another input "
         "size, crop or face step than it was pretrained with."),
+    workers: int = typer.Option(1, help="Data-parallel training processes on Ray (1: train "
+                                "here, without Ray). The batch size is split among them."),
+    gpus_per_worker: float = typer.Option(0, help="With --workers: GPUs per worker (NCCL); 0 "
+                                          "trains on CPUs (gloo)."),
+    ray: str = typer.Option("auto", "--ray", help="With --workers: the Ray cluster, auto (the "
+                            "one on this machine, else a new local one), ray://HOST:PORT or "
+                            "HOST:PORT. Gallery and store must be paths every node sees."),
     as_json: bool = JsonOption,
 ):
     """Fine-tune ResNet50 on GALLERY and save the model into the store.
@@ -163,6 +170,7 @@ def train(
       facerank train lfw/ --store faces/ --weights none --loss cosface --balanced
       facerank train photos/ --store faces/ --faces dlib-hog --no-face skip
       facerank train photos/ --store faces/ --weights base/     # fine-tune a face prior
+      facerank train photos/ --store faces/ --workers 4 --gpus-per-worker 1 --ray ray://head:10001
     """
     from facerank.faces import FaceStep
     from facerank.gallery import TRAIN_FOLDER
@@ -176,9 +184,16 @@ def train(
                     cached_features=cached_features, balanced=balanced, keep=keep, **overrides)
     name = config.preset
     folder = _store_path(store)
-    result = run_training(gallery, folder, config, weights=weights, resume=resume,
-                          show_progress=not as_json, faces=faces, face_model=face_model,
-                          no_face=no_face, allow_base_mismatch=allow_base_mismatch)
+    options = dict(resume=resume, faces=faces, face_model=face_model, no_face=no_face,
+                   allow_base_mismatch=allow_base_mismatch)
+    if workers == 1:
+        result = run_training(gallery, folder, config, weights=weights,
+                              show_progress=not as_json, **options)
+    else:
+        from facerank.scale.training import train_on_ray
+
+        result = train_on_ray(gallery, folder, config, weights=weights, workers=workers,
+                              gpus_per_worker=gpus_per_worker, address=ray, **options)
     step = FaceStep.from_json(result.faces)
     if as_json:
         _emit_json({"store": str(folder), "preset": name, **result.to_json()})
@@ -187,7 +202,8 @@ def train(
     _report_faces(result.no_face, result.several_faces, whole=step.no_face == "whole")
     last = result.history[-1]
     typer.echo(f"trained '{name}' on {result.train_images} images of {len(result.people)} people "
-               f"in {result.seconds:.0f}s (weights: {result.weights_origin})")
+               f"in {result.seconds:.0f}s (weights: {result.weights_origin}"
+               + (f", {result.workers} data-parallel workers)" if result.workers > 1 else ")"))
     typer.echo(step.describe())
     if result.test_accuracy is not None:
         typer.echo(f"held-out accuracy {result.test_accuracy:.1%} on {result.test_images} images "

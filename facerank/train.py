@@ -212,6 +212,7 @@ class TrainResult:
     faces: dict | None = None           # the face step saved with the model (FaceStep.to_json)
     no_face: list[str] | None = None    # photos with no face found (see FaceStep.no_face)
     several_faces: list[str] | None = None  # photos with several faces: the largest was kept
+    workers: int = 1                    # data-parallel processes (see facerank.scale.training)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -459,10 +460,11 @@ def _evaluate(model: FaceModel, inputs: torch.Tensor, labels: torch.Tensor, use_
     with ``cached=True`` on their layer3 outputs."""
     model.network.eval()
     total_loss, correct = 0.0, 0
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+    with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16,
+                                                enabled=use_bf16):
         for start in range(0, len(inputs), batch_size):
             chunk = inputs[start:start + batch_size]
-            y = labels[start:start + batch_size]
+            y = labels[start:start + batch_size].to(model.device)
             if cached:
                 logits = _last_stage(model.network, chunk)
             else:
@@ -473,14 +475,33 @@ def _evaluate(model: FaceModel, inputs: torch.Tensor, labels: torch.Tensor, use_
     return total_loss / max(len(inputs), 1), correct / max(len(inputs), 1)
 
 
+class Logits(nn.Module):
+    """The training forward pass as one module (``DistributedDataParallel`` wraps a module and
+    must see the forward pass to average gradients): the head's logits from normalised pixels,
+    or with ``cached`` from layer3 outputs."""
+
+    def __init__(self, network: nn.Module, *, cached: bool):
+        super().__init__()
+        self.network, self.cached = network, cached
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cached:
+            return _last_stage(self.network, x)
+        return features_and_logits(self.network, x)[1]
+
+
 def train_epoch(model: FaceModel, pixels: torch.Tensor, labels: torch.Tensor, order: torch.Tensor,
                 config: TrainConfig, optimizer: torch.optim.Optimizer, schedule,
                 loss_fn: nn.Module, *, use_bf16: bool, cached_view: torch.Tensor | None = None,
-                on_step: Callable[[], None] | None = None) -> tuple[float, float]:
+                on_step: Callable[[], None] | None = None,
+                parallel: nn.Module | None = None) -> tuple[float, float]:
     """One pass over ``order`` in batches: (mean training loss, training accuracy).
 
     ``pixels`` are uint8 images, augmented per batch; with ``cached_view`` (layer3 outputs of
-    augmented images, see ``cached_features``) only layer4 and the head run.
+    augmented images, see ``cached_features``) only layer4 and the head run. ``parallel``: this
+    process is one rank of a data-parallel group, and ``parallel`` is the forward pass
+    (``Logits``) wrapped in ``DistributedDataParallel``, whose backward averages the gradients
+    of all ranks; ``order`` is then this rank's share and ``config.batch_size`` its own batch.
     """
     network = model.network
     _train_mode(network, config.trainable)
@@ -491,14 +512,14 @@ def train_epoch(model: FaceModel, pixels: torch.Tensor, labels: torch.Tensor, or
             if on_step:
                 on_step()
             continue  # batch norm cannot learn from a batch of one
-        y = labels[batch]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+        y = labels[batch].to(model.device)
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             if cached_view is not None:
-                logits = _last_stage(network, cached_view[batch].contiguous(
-                    memory_format=torch.channels_last))
+                x = cached_view[batch].contiguous(memory_format=torch.channels_last)
+                logits = parallel(x) if parallel else _last_stage(network, x)
             else:
-                _, logits = features_and_logits(network, model.normalise(
-                    augment(pixels[batch], config)))
+                x = model.normalise(augment(pixels[batch], config))
+                logits = parallel(x) if parallel else features_and_logits(network, x)[1]
         loss = loss_fn(margin_logits(logits.float(), y, config), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -550,7 +571,8 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
           weights: str = "imagenet", resume: bool = False, show_progress: bool = False,
           normalize_embeddings: bool = True, checkpoint_every: float = 60.0,
           faces: FaceStep | str = "auto", face_model: str | Path | None = None,
-          no_face: str | None = None, allow_base_mismatch: bool = False) -> TrainResult:
+          no_face: str | None = None, allow_base_mismatch: bool = False,
+          rank: int = 0, workers: int = 1, device: str = "cpu") -> TrainResult:
     """Fine-tune ResNet50 on a one-folder-per-person gallery and save the model into ``store``.
 
     Writes ``store/model.json`` + weights, and under ``store/train/``: ``history.json`` (per-epoch
@@ -567,9 +589,19 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
     defaults to ``finetune`` and the preprocessing to the base's; a run that asks for another
     input size, crop or face step is refused unless ``allow_base_mismatch``.
 
+    Data-parallel (``facerank.scale.train_on_ray`` sets these): with ``workers`` > 1 this process
+    is rank ``rank`` of an initialised ``torch.distributed`` group (gloo on CPU, nccl on GPU).
+    Every rank draws the same seeded order each epoch and takes every ``workers``-th image of it,
+    in batches of ``batch_size / workers``: the effective batch is ``batch_size``, batch k of all
+    ranks together is batch k of one process. Only rank 0 scores the held-out split and writes
+    the store (the same files as local training); ``device`` is where the network runs.
+
     >>> result = train("gallery/", "faces/", preset("freeze", cached_features=True))
     """
     config = config or recipe(weights)
+    if workers > 1:
+        _check_data_parallel(config, rank, workers)
+    lead = rank == 0  # the one rank that scores the held-out split and writes the store
     started = time.perf_counter()
     store = Path(store)
     run_dir = store / TRAIN_FOLDER
@@ -592,15 +624,16 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
                 f"{folder} was pretrained on other inputs than this run asks for "
                 f"({'; '.join(found)}): drop the override to fine-tune as the base was made, "
                 "or pass allow_base_mismatch=True (--allow-base-mismatch) to adapt it anyway")
-    finder = FaceFinder(step, size=config.image_size,
-                        cache=DetectionCache(store / "faces.sqlite") if step.enabled else None)
-    if step.enabled:
+    # Other ranks find faces without the store's cache: only rank 0 writes into the store.
+    finder = FaceFinder(step, size=config.image_size, cache=DetectionCache(
+        store / "faces.sqlite") if step.enabled and lead else None)
+    if step.enabled and lead:
         store.mkdir(parents=True, exist_ok=True)
     counts = FaceCounts([], [])
 
     scanned = scan_gallery(gallery)
     split = split_gallery(scanned, test_fraction=config.test_fraction, seed=config.seed)
-    progress = Progress(show_progress)
+    progress = Progress(show_progress and lead)
     with progress:
         task = progress.add("finding faces" if step.enabled else "decoding",
                             len(split.train) + len(split.test))
@@ -608,7 +641,7 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
             list(split.train), config.image_size, lambda: progress.advance(task), crop=config.crop,
             finder=finder, counts=counts)
         test_items, test_pixels, skipped_test = decode_images(
-            list(split.test), config.image_size, lambda: progress.advance(task), crop=config.crop,
+            list(split.test) if lead else [], config.image_size, lambda: progress.advance(task), crop=config.crop,
             finder=finder, counts=counts)
     skipped += skipped_test
     people = sorted({item.person for item in train_items})
@@ -628,13 +661,31 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
                                     normalize_embeddings=normalize_embeddings,
                                     head="linear" if config.loss == "softmax" else "cosine",
                                     head_scale=config.scale, faces=step)
-    network = model.network.to(memory_format=torch.channels_last)
+    network = model.network.to(device, memory_format=torch.channels_last)
+    model.device = torch.device(device)
     set_trainable(network, config.trainable)
     optimizer = make_optimizer(parameter_groups(network, config), config)
-    steps_per_epoch = math.ceil(len(train_items) / config.batch_size)
+    # One rank's batch and share of each epoch (all of it in local training); the share is cut
+    # to a multiple of the workers so that every rank takes the same number of steps.
+    rank_config = replace(config, batch_size=config.batch_size // workers)
+    rank_share = (len(train_items) - len(train_items) % workers) // workers
+    steps_per_epoch = math.ceil(rank_share / rank_config.batch_size)
+    if workers > 1 and rank_share % rank_config.batch_size == 1 and rank_share > 1:
+        steps_per_epoch -= 1  # train_epoch skips a last batch of one: the schedule must end
     schedule = make_schedule(optimizer, config, steps_per_epoch)
     use_bf16 = bf16_is_native() if config.bf16 is None else config.bf16
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    parallel = None
+    if workers > 1:
+        # Plain BatchNorm, each rank normalising over its own batch_size / workers images, as
+        # torchvision's reference recipe does by default: SyncBatchNorm would match one process
+        # exactly but adds two all-reduces per BN layer (53 in ResNet50) per step.
+        parallel = nn.parallel.DistributedDataParallel(
+            Logits(network, cached=config.cached_features),
+            device_ids=[model.device.index or 0] if model.device.type == "cuda" else None)
+        # Same initial weights (seeded above; DDP also broadcasts rank 0's), but each rank its
+        # own augmentation draws.
+        torch.manual_seed(config.seed + rank)
 
     history: list[dict] = []
     best_score, kept_epoch, kept_state = -1.0, 0, None
@@ -675,12 +726,17 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
         for epoch in range(first_epoch, config.epochs + 1):
             epoch_started = time.perf_counter()
             order = epoch_order(train_labels, config.balanced, shuffle)
+            if workers > 1:
+                order = order[:rank_share * workers][rank::workers]
             view = train_views[(epoch - 1) % len(train_views)] if train_views is not None else None
             train_loss, train_accuracy = train_epoch(
-                model, train_pixels, train_labels, order, config, optimizer, schedule, loss_fn,
-                use_bf16=use_bf16, cached_view=view, on_step=lambda: progress.advance(task))
+                model, train_pixels, train_labels, order, rank_config, optimizer, schedule,
+                loss_fn, use_bf16=use_bf16, cached_view=view,
+                on_step=lambda: progress.advance(task), parallel=parallel)
             row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
                    "lr": optimizer.param_groups[-1]["lr"]}
+            if workers > 1:  # the train figures are rank 0's, over its share of the images
+                row["images_per_worker"] = len(order)
             if len(test_items):
                 row["val_loss"], row["val_accuracy"] = _evaluate(
                     model, test_inputs, test_labels, use_bf16, cached=train_views is not None)
@@ -689,12 +745,13 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
             score = row.get("val_accuracy", row["train_accuracy"])
             if config.keep == "last":
                 kept_epoch = epoch
-            elif score >= best_score:  # ties go to the later, longer-trained epoch
+            elif lead and score >= best_score:  # ties go to the later, longer-trained epoch
                 best_score, kept_epoch = score, epoch
                 kept_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
             # A ResNet50 checkpoint with optimizer state is ~300 MB: write it at most once a
             # minute (and after the last epoch), so an interruption costs at most that much work.
-            if epoch == config.epochs or time.perf_counter() - last_checkpoint > checkpoint_every:
+            if lead and (epoch == config.epochs
+                         or time.perf_counter() - last_checkpoint > checkpoint_every):
                 save_checkpoint(checkpoint_path, {
                     "model": network.state_dict(), "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(), "rng": torch.get_rng_state(),
@@ -704,9 +761,13 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
             progress.describe(task, f"epoch {epoch}/{config.epochs} loss {row['train_loss']:.3f}"
                               + (f" val {row['val_accuracy']:.1%}" if "val_accuracy" in row else ""))
 
+        if not lead:
+            return _rank_result(history, train_items, people, started, model, use_bf16, step,
+                                workers)
         if kept_state is not None:
             network.load_state_dict(kept_state)
-        network.eval()
+        network.to("cpu").eval()  # saved and scored on the CPU, where queries run
+        model.device = torch.device("cpu")
         # Every writer of a store takes its lock; this one waits for as long as an index build
         # or an enrolment takes rather than throw away a finished training run.
         with FolderLock(store, wait=None):
@@ -726,12 +787,42 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
         test_images=len(test_items), skipped=skipped, train_only=list(split.train_only),
         seconds=round(time.perf_counter() - started, 2), weights_origin=model.config.weights_origin,
         bf16=use_bf16, test_accuracy=test_accuracy, cache_seconds=cache_seconds,
-        faces=step.to_json(), no_face=counts.no_face, several_faces=counts.several_faces)
+        faces=step.to_json(), no_face=counts.no_face, several_faces=counts.several_faces,
+        workers=workers)
     atomic.write_json(run_dir / "history.json", {"config": asdict(config), **result.to_json()})
     write_split(store, train_items, test_items, seed=config.seed,
                 test_fraction=config.test_fraction)
     plot_history(history, run_dir / "curves.png")
     return result
+
+
+def check_workers(config: TrainConfig, workers: int) -> None:
+    """Refuse a data-parallel run whose batch does not divide evenly among its workers."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1; got {workers}")
+    if config.batch_size % workers:
+        raise ValueError(f"batch size {config.batch_size} does not divide among {workers} "
+                         f"workers: use a multiple of {workers} (each worker takes batch_size / "
+                         "workers images a step, so the effective batch stays batch_size)")
+
+
+def _check_data_parallel(config: TrainConfig, rank: int, workers: int) -> None:
+    check_workers(config, workers)
+    if not 0 <= rank < workers:
+        raise ValueError(f"rank must be in 0..{workers - 1}; got {rank}")
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        raise ValueError(f"workers={workers} needs an initialised torch.distributed process group: "
+                         "train through facerank.scale.train_on_ray (facerank train --workers N)")
+
+
+def _rank_result(history, train_items, people, started, model, use_bf16, step,
+                 workers) -> TrainResult:
+    """What a rank other than 0 returns: it trained on its share, but scored and saved nothing."""
+    return TrainResult(history=history, kept_epoch=0, people=people, train_images=len(train_items),
+                       test_images=0, skipped=[], train_only=[],
+                       seconds=round(time.perf_counter() - started, 2),
+                       weights_origin=model.config.weights_origin, bf16=use_bf16,
+                       faces=step.to_json(), workers=workers)
 
 
 def restore_checkpoint(path: Path, meta: str, network: nn.Module, optimizer, schedule, *,
