@@ -24,6 +24,7 @@ from facerank.folder_lock import FolderLock
 from facerank.gallery import scan_gallery
 from facerank.images import ImageInput, describe, is_image_input, load_image
 from facerank.index import DEFAULT_FACTORY, IndexPlan, choose_index
+from facerank.index_tuning import Tuning
 from facerank.runtime import load_model
 from facerank.store import layout
 from facerank.store.database import Database
@@ -32,6 +33,8 @@ from facerank.store.migrate import FORMAT, prepare
 from facerank.store.results import (ChangeReport, FaceAnswer, Match, Prediction, Record,
                                     Verification)
 from facerank.store.snapshot import Snapshot, read_snapshot
+from facerank.store.tuning import tune_base
+from facerank.units import parse_latency, parse_size
 
 #: How long a write waits for another writer to finish before saying the store is busy.
 LOCK_WAIT = 10.0
@@ -173,6 +176,9 @@ class FaceStore:
             "weights_origin": config.weights_origin, "model_fingerprint": config.fingerprint,
             "runtime": snapshot.model.runtime, "precision": snapshot.model.precision,
             "index_factory": meta.get("index_factory", DEFAULT_FACTORY),
+            "index_search_parameters": snapshot.base.parameters,
+            "index_tuning": _tuning_summary(meta.get("index_tuning")),
+            "index_memory_budget": meta.get("index_memory_budget"),
             "index_is_stale": self.is_stale, "faces": config.faces.to_json(),
             "threshold": _threshold(snapshot),
             "pending_changes": len(snapshot.delta) + len(snapshot.removed),
@@ -346,6 +352,7 @@ class FaceStore:
             return writer.report
 
     def sync_folder(self, gallery: str | Path, *, show_progress: bool = False,
+                    memory: int | str | None = None,
                     commit_every: int = COMMIT_EVERY) -> ChangeReport:
         """Make the index match a gallery folder: embed new and changed files, drop deleted ones.
 
@@ -353,6 +360,10 @@ class FaceStore:
         elsewhere are kept. Unchanged files (same size and modification time, or same content)
         are not embedded again, nor are files found again at a new path (a moved or renamed
         gallery): their records follow them.
+
+        ``memory``: the index's memory budget (bytes, or ``"4G"``), kept for later writes; the
+        index kind is chosen within it (``choose_index``), now, whatever the gallery's growth.
+        Follow with ``tune_index`` to tune the built index's search parameters.
         """
         scanned = scan_gallery(gallery)
         root = layout.absolute(scanned.root) + "/"
@@ -363,7 +374,9 @@ class FaceStore:
             with self.database.reading() as sql:
                 total = Database.count(sql)
                 under = Database.records(sql, "WHERE substr(path, 1, ?) = ?", (len(root), root))
-            writer.fit_index(len(present) + total - len(under))
+            expected = len(present) + total - len(under)
+            writer.fit_index(expected, memory_budget_bytes=self._memory_budget(writer, memory,
+                                                                              expected))
             writer.ingest([(image.path, image.person) for image in present.values()])
             # After the ingest, which may have found some of them again at a new path.
             with self.database.reading() as sql:
@@ -385,22 +398,73 @@ class FaceStore:
         with self._writer(False, COMMIT_EVERY) as writer:
             writer.compact()
 
-    def reindex(self, *, factory: str | None = None) -> str:
+    def reindex(self, *, factory: str | None = None, memory: int | str | None = None,
+                target_recall: float | None = None, target_latency_ms: float | str | None = None
+                ) -> str:
         """Rebuild the index from the stored vectors (nothing is re-embedded): of ``factory``
-        (a FAISS factory string), else of the kind ``choose_index`` picks for its size. Returns
-        the factory. Queries keep the current index until the new one is switched in.
+        (a FAISS factory string), else of the kind ``choose_index`` picks for its size within
+        ``memory`` (bytes or ``"4G"``; default the store's budget, else 2 GiB), then tune its
+        search parameters (``tune_index``). Returns the factory. Queries keep the current index
+        until the new one is switched in.
 
         >>> store.reindex(factory="IVF1024,Flat")
+        >>> store.reindex(memory="4G", target_recall=0.95)
         """
         if factory is not None and "HNSW" in factory:
             raise ValueError(f"{factory!r}: HNSW indexes cannot remove vectors, and a store "
                              "removes them; choose Flat, IVF...,Flat or IVF...,PQ...")
+        if factory is not None and memory is not None:
+            raise ValueError("give factory or memory, not both: memory chooses the factory")
         with self._writer(False, COMMIT_EVERY) as writer:
             count = writer.snapshot.count
-            plan = (choose_index(count, writer.snapshot.dim) if factory is None
-                    else IndexPlan.for_factory(factory))
+            budget = self._memory_budget(writer, memory, count)
+            plan = (IndexPlan.for_factory(factory) if factory is not None
+                    else choose_index(count, writer.snapshot.dim,
+                                      **({"memory_budget_bytes": budget} if budget else {})))
             writer.rebuild(plan, chosen_for=count)
+            self._tune(writer, target_recall, target_latency_ms)
             return plan.factory
+
+    def tune_index(self, *, target_recall: float | None = None,
+                   target_latency_ms: float | str | None = None, k: int = 10) -> Tuning:
+        """Tune the index's search parameters (IVF lists visited, re-ranking depth) against
+        exact search on 200 stored vectors: the cheapest setting with recall@k at least
+        ``target_recall`` (default 0.95), or the most accurate within ``target_latency_ms``
+        (``5``, ``"5ms"``). Kept in the store and applied whenever the index loads, until the
+        index changes kind. An exact index has nothing to tune (recall 1.0).
+
+        >>> store.tune_index(target_latency_ms="2ms").parameters
+        {'nprobe': 16}
+        """
+        with self._writer(False, COMMIT_EVERY) as writer:
+            return self._tune(writer, target_recall, target_latency_ms, k=k)
+
+    @staticmethod
+    def _tune(writer: Writer, target_recall, target_latency_ms, *, k: int = 10) -> Tuning:
+        if isinstance(target_latency_ms, str):
+            target_latency_ms = parse_latency(target_latency_ms)
+        base = writer.snapshot.base
+        if base.is_exact or not len(base):
+            # Exact (or still gathering vectors to train on): nothing to tune, nothing to keep.
+            return Tuning(k=k, factory=base.factory, target_recall=target_recall,
+                          target_latency_ms=target_latency_ms)
+        return tune_base(writer, target_recall=target_recall,
+                         target_latency_ms=target_latency_ms, k=k)
+
+    def _memory_budget(self, writer: Writer, memory: int | str | None, count: int) -> int | None:
+        """The index's memory budget in bytes: ``memory`` (checked against ``count`` vectors,
+        then kept in the store), else the one kept, else None (choose_index's default)."""
+        if memory is None:
+            return writer.snapshot.meta.get("index_memory_budget")
+        budget = parse_size(memory)
+        try:
+            choose_index(count, writer.snapshot.dim, memory_budget_bytes=budget)
+        except ValueError as error:
+            raise ValueError(f"memory {memory!r} is too small for this index: {error}") from None
+        with self.database.writing() as sql:
+            Database.set_meta(sql, index_memory_budget=budget)
+            Database.bump_version(sql)
+        return budget
 
     @contextmanager
     def _writer(self, show_progress: bool, commit_every: int) -> Iterator[Writer]:
@@ -415,6 +479,13 @@ class FaceStore:
                 faces = face_finder(model.config, self.folder)
             yield Writer(self.folder, self.database, snapshot, model, faces, self._publish,
                          show_progress=show_progress, commit_every=commit_every)
+
+
+def _tuning_summary(tuning: dict | None) -> dict | None:
+    """What ``info`` shows of a tuning: its outcome, not the sweep."""
+    if not tuning:
+        return None
+    return {key: value for key, value in tuning.items() if key != "sweep"}
 
 
 def _threshold(snapshot: Snapshot) -> float | None:

@@ -29,6 +29,7 @@ from facerank.store import layout
 from facerank.store.database import Database
 from facerank.store.results import ChangeReport, Record, file_sha256
 from facerank.store.snapshot import Delta, Snapshot
+from facerank.store.tuning import load_base
 
 #: Images per transaction while embedding: one batch of the network. A crash loses at most this
 #: many; each commit costs an fsync or two (~ms), small beside embedding 32 faces.
@@ -241,20 +242,23 @@ class Writer:
 
     # -- the index kind, and compaction ----------------------------------------------------------
 
-    def fit_index(self, expected: int) -> None:
+    def fit_index(self, expected: int, *, memory_budget_bytes: int | None = None) -> None:
         """Give the index the kind ``choose_index`` picks for ``expected`` images.
 
         An empty store simply starts with it. A filled one changes kind only once it has doubled
         or halved since its index was chosen, so that a gallery hovering near a threshold does
-        not rebuild at every sync. The vectors come from the database: nothing is re-embedded.
+        not rebuild at every sync; a ``memory_budget_bytes`` given now changes it at once. The
+        vectors come from the database: nothing is re-embedded.
         """
-        plan = choose_index(expected, self.model.config.embedding_dim)
+        budget = memory_budget_bytes or self.snapshot.meta.get("index_memory_budget")
+        plan = choose_index(expected, self.model.config.embedding_dim,
+                            **({"memory_budget_bytes": int(budget)} if budget else {}))
         meta = self.snapshot.meta
         if plan.factory == meta.get("index_factory", DEFAULT_FACTORY):
             return
         count = self.snapshot.count
         chosen_for = int(meta.get("index_chosen_for") or count or 1)
-        if count and chosen_for / 2 < expected < chosen_for * 2:
+        if count and chosen_for / 2 < expected < chosen_for * 2 and memory_budget_bytes is None:
             return
         self.rebuild(plan, chosen_for=expected)
 
@@ -293,7 +297,7 @@ class Writer:
                              meta=self._meta()))
 
     def _loaded(self, index_file: str, factory: str) -> FaceIndex:
-        return FaceIndex.load(self.folder / index_file, factory=factory)
+        return load_base(self.folder / index_file, self._meta(), factory=factory)
 
     def _meta(self) -> dict:
         with self.database.reading() as sql:
@@ -376,6 +380,8 @@ def switch_index(sql, folder: Path, index_file: str, watermark: int, factory: st
     one and the previous one (kept for readers about to load it), such as those of a writer
     killed before its switch."""
     old = Database.meta(sql, "index_file")
+    if Database.meta(sql, "index_factory") != factory:  # tuned for another kind: meaningless
+        more = {"index_search_parameters": None, "index_tuning": None, **more}
     Database.set_meta(sql, index_file=index_file, index_watermark=watermark,
                       previous_index_file=old, index_factory=factory, **more)
     sql.execute("DELETE FROM changes WHERE seq <= ?", (watermark,))

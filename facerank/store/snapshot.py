@@ -25,6 +25,7 @@ import numpy as np
 from facerank.errors import StoreError
 from facerank.index import DEFAULT_FACTORY, FaceIndex
 from facerank.store.database import Database
+from facerank.store.tuning import load_base
 
 #: The delta is searched exactly: compaction folds it into the base once it holds more than
 #: max(DELTA_MIN, base / 8) vectors, and never lets it pass DELTA_MAX (2**15 x 2048 floats: an
@@ -192,7 +193,7 @@ def _read(folder: Path, database: Database, model, faces, previous: Snapshot | N
             if not path.exists():
                 raise FileNotFoundError(path)
             try:
-                base = FaceIndex.load(path, factory=factory)
+                base = load_base(path, meta, factory=factory)
             except (RuntimeError, ValueError) as error:
                 raise StoreError(f"{path} cannot be read ({error}); rebuild with `facerank "
                                  f"index build GALLERY --store {folder}`") from None
