@@ -516,10 +516,10 @@ def train_epoch(model: FaceModel, pixels: torch.Tensor, labels: torch.Tensor, or
         with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             if cached_view is not None:
                 x = cached_view[batch].contiguous(memory_format=torch.channels_last)
-                logits = parallel(x) if parallel else _last_stage(network, x)
+                logits = _last_stage(network, x) if parallel is None else parallel(x)
             else:
                 x = model.normalise(augment(pixels[batch], config))
-                logits = parallel(x) if parallel else features_and_logits(network, x)[1]
+                logits = features_and_logits(network, x)[1] if parallel is None else parallel(x)
         loss = loss_fn(margin_logits(logits.float(), y, config), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -641,7 +641,8 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
             list(split.train), config.image_size, lambda: progress.advance(task), crop=config.crop,
             finder=finder, counts=counts)
         test_items, test_pixels, skipped_test = decode_images(
-            list(split.test) if lead else [], config.image_size, lambda: progress.advance(task), crop=config.crop,
+            list(split.test) if lead else [], config.image_size, lambda: progress.advance(task),
+            crop=config.crop,
             finder=finder, counts=counts)
     skipped += skipped_test
     people = sorted({item.person for item in train_items})
@@ -678,8 +679,9 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
     parallel = None
     if workers > 1:
         # Plain BatchNorm, each rank normalising over its own batch_size / workers images, as
-        # torchvision's reference recipe does by default: SyncBatchNorm would match one process
-        # exactly but adds two all-reduces per BN layer (53 in ResNet50) per step.
+        # torchvision's reference recipe does by default. SyncBatchNorm would match one process
+        # but runs on GPUs only (torch refuses CPU tensors), and adds two collectives per BN
+        # layer (53 in ResNet50) per step.
         parallel = nn.parallel.DistributedDataParallel(
             Logits(network, cached=config.cached_features),
             device_ids=[model.device.index or 0] if model.device.type == "cuda" else None)
