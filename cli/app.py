@@ -290,8 +290,17 @@ def pretrain(
 @index_app.command("build")
 @handles_errors
 def index_build(
-    gallery: Path = typer.Argument(..., help="One-folder-per-person gallery to index."),
+    gallery: str = typer.Argument(..., help="One-folder-per-person gallery to index: a folder, "
+                                  "or with --ray any URI Ray can read (s3://bucket/photos/)."),
     store: Optional[Path] = StoreOption,
+    ray: Optional[str] = typer.Option(
+        None, "--ray", help="Embed and build the index on a Ray cluster: auto (the one on this "
+        "machine, else a new local one), ray://HOST:PORT or HOST:PORT.", show_default=False),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help="With --ray: embedding actors, one model each (default: the "
+        "cluster's CPUs less one).", show_default=False),
+    gpus_per_worker: float = typer.Option(0, "--gpus-per-worker",
+                                          help="With --ray: GPUs per embedding actor."),
     memory: Optional[str] = typer.Option(
         None, "--memory", help="Memory budget of the index (512M, 4G, 1.5T); kept for later "
         "writes. The index kind is chosen within it, then its search parameters are tuned."),
@@ -309,7 +318,9 @@ def index_build(
     target, the index is chosen within the budget and its search parameters tuned against
     exact search on 200 stored faces.
 
-    Example:  facerank index build photos/ --store faces/ --memory 4G --target-recall 0.95
+    Examples:
+      facerank index build photos/ --store faces/ --memory 4G --target-recall 0.95
+      facerank index build s3://bucket/photos/ --store faces/ --ray ray://head:10001 --workers 8
     """
     from facerank.store import FaceStore
     from facerank.units import parse_latency, parse_size
@@ -318,8 +329,17 @@ def index_build(
     if memory is not None:
         parse_size(memory)  # a badly written size fails before any work
     latency = parse_latency(target_latency) if target_latency is not None else None
+    engine = None
+    if ray is not None or workers is not None or gpus_per_worker:
+        from facerank.scale import RayEngine
+
+        engine = RayEngine(address=ray or "auto", workers=workers,
+                           gpus_per_worker=gpus_per_worker)
+    elif "://" in gallery:
+        raise typer.BadParameter(f"{gallery} is a URI: read it on a Ray cluster with --ray auto "
+                                 "(or copy it to a local folder)")
     opened = FaceStore.open(_store_path(store))
-    report = opened.sync_folder(gallery, show_progress=not as_json, memory=memory)
+    report = opened.sync_folder(gallery, show_progress=not as_json, memory=memory, engine=engine)
     tuning = (opened.tune_index(target_recall=target_recall, target_latency_ms=latency)
               if tuning_asked else None)
     if as_json:
@@ -448,6 +468,27 @@ def index_remove(
     opened = FaceStore.open(_store_path(store))
     report = opened.remove(ids=ids or (), paths=paths or (), person=person)
     _print_change(report, opened, as_json)
+
+
+@index_app.command("export")
+@handles_errors
+def index_export(
+    out: Path = typer.Argument(..., help="The Parquet file to write."),
+    store: Optional[Path] = StoreOption,
+    as_json: bool = JsonOption,
+):
+    """Write every indexed face (id, path, person, sha256, vector) to one Parquet file, for
+    another vector store or a data tool to load. The model's identity is in its metadata.
+
+    Example:  facerank index export faces.parquet --store faces/
+    """
+    from facerank.store import FaceStore
+
+    rows = FaceStore.open(_store_path(store)).export_parquet(out)
+    if as_json:
+        _emit_json({"path": str(out), "rows": rows})
+    else:
+        typer.echo(f"wrote {rows} faces to {out}")
 
 
 @index_app.command("info")

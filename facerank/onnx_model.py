@@ -103,7 +103,9 @@ class OnnxFaceModel:
         self.precision = config.precision  # "fp32" or "int8": which of the two files runs
 
     @classmethod
-    def load(cls, folder: str | Path, *, config: ModelConfig | None = None) -> "OnnxFaceModel":
+    def load(cls, folder: str | Path, *, config: ModelConfig | None = None,
+             threads: int | None = None) -> "OnnxFaceModel":
+        """``threads``: ONNX Runtime's intra-op threads (default: one per physical core)."""
         import onnxruntime
 
         folder = Path(folder)
@@ -123,6 +125,8 @@ class OnnxFaceModel:
                                      "config; the store is damaged, train again")
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initialisers are not the user's
+        if threads:
+            options.intra_op_num_threads = threads
         session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         return cls(session, config)
 

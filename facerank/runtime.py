@@ -19,8 +19,12 @@ from facerank.config import read_config
 RUNTIMES = ("auto", "onnxruntime", "torch")
 
 
-def load_model(folder: str | Path, *, device: str = "cpu", runtime: str | None = None):
+def load_model(folder: str | Path, *, device: str = "cpu", runtime: str | None = None,
+               threads: int | None = None):
     """The store's model as a ``FaceModel`` (torch) or an ``OnnxFaceModel`` (ONNX Runtime).
+
+    ``threads``: how many threads one call may use (default: the engine's own choice, about one
+    per core); set it where several models share the machine's cores.
 
     >>> load_model("faces/").runtime
     'onnxruntime'
@@ -41,12 +45,16 @@ def load_model(folder: str | Path, *, device: str = "cpu", runtime: str | None =
         if not onnx_model.available():
             raise ImportError(f"the model in {folder} is int8, which needs ONNX Runtime: "
                               'pip install "facerank[fast]" (or `facerank precision fp32`)')
-        return onnx_model.OnnxFaceModel.load(folder, config=config)
+        return onnx_model.OnnxFaceModel.load(folder, config=config, threads=threads)
     use_onnx = runtime == "onnxruntime" or (
         runtime == "auto" and device == "cpu" and bool(config.onnx_file)
         and onnx_model.available())
     if use_onnx:
-        return onnx_model.OnnxFaceModel.load(folder, config=config)
+        return onnx_model.OnnxFaceModel.load(folder, config=config, threads=threads)
+    import torch
+
     from facerank.model import FaceModel
 
+    if threads:
+        torch.set_num_threads(threads)  # torch's pool is per process
     return FaceModel.load(folder, device=device)

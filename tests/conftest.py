@@ -87,3 +87,14 @@ def _free_tmp_path_after_each_test(tmp_path):
     folders as soon as it ends keeps the suite's disk use near 1 GB instead of ~15 GB."""
     yield
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray cluster on 2 CPUs for the session's scale-out tests (started on first use)."""
+    ray = pytest.importorskip("ray", reason="needs the ray extra")
+    from facerank.scale.cluster import connect
+
+    connect("local", num_cpus=2)
+    yield ray
+    ray.shutdown()

@@ -271,3 +271,19 @@ def test_an_index_that_cannot_remove_is_refused(store_copy):
         store.reindex(factory="HNSW32")
     assert store.reindex(factory="IVF4,Flat") == "IVF4,Flat"
     assert store.info()["index_factory"] == "IVF4,Flat" and len(store) == 50
+
+
+def test_export_parquet_holds_every_searchable_record_and_its_vector(store_copy, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet", reason="needs pyarrow (the ray extra)")
+    store, _ = store_copy
+    rows = store.export_parquet(tmp_path / "faces.parquet")
+    table = pq.read_table(tmp_path / "faces.parquet")
+    assert rows == table.num_rows == len(store)
+    meta = json.loads(table.schema.metadata[b"facerank"])
+    assert meta["model_identity"] == store.snapshot().model_identity
+    vectors = np.stack(table.column("vector").to_numpy(zero_copy_only=False))
+    by_path = {r.path: r for r in store.records}
+    assert set(table.column("path").to_pylist()) == set(by_path)
+    # The exported vectors are the ones the store searches: each finds its own record first.
+    found = store.search_vectors(vectors, k=1)
+    assert [m[0].id for m in found] == table.column("id").to_pylist()

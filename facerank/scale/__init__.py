@@ -7,3 +7,7 @@ Ray starts a local cluster on a laptop (``ray="auto"``) and joins a real one by 
 (``facerank.scale.training``). Everything commits into the same store a local build writes.
 Needs the ray extra: ``pip install "facerank[ray]"``.
 """
+
+from facerank.scale.embedding import RayEngine
+
+__all__ = ["RayEngine"]

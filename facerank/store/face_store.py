@@ -21,14 +21,13 @@ from facerank.errors import NoFaceError, StoreError, StoreMismatchError
 from facerank.face_cache import face_finder
 from facerank.faces import Face
 from facerank.folder_lock import FolderLock
-from facerank.gallery import scan_gallery
 from facerank.images import ImageInput, describe, is_image_input, load_image
 from facerank.index import DEFAULT_FACTORY, IndexPlan, choose_index
 from facerank.index_tuning import Tuning
 from facerank.runtime import load_model
 from facerank.store import layout
 from facerank.store.database import Database
-from facerank.store.ingest import COMMIT_EVERY, Writer
+from facerank.store.ingest import COMMIT_EVERY, Engine, LocalEngine, Writer
 from facerank.store.migrate import FORMAT, prepare
 from facerank.store.results import (ChangeReport, FaceAnswer, Match, Prediction, Record,
                                     Verification)
@@ -353,7 +352,8 @@ class FaceStore:
 
     def sync_folder(self, gallery: str | Path, *, show_progress: bool = False,
                     memory: int | str | None = None,
-                    commit_every: int = COMMIT_EVERY) -> ChangeReport:
+                    commit_every: int = COMMIT_EVERY, engine: Engine | None = None
+                    ) -> ChangeReport:
         """Make the index match a gallery folder: embed new and changed files, drop deleted ones.
 
         Only records whose path lies under ``gallery`` are compared; images added from
@@ -364,10 +364,16 @@ class FaceStore:
         ``memory``: the index's memory budget (bytes, or ``"4G"``), kept for later writes; the
         index kind is chosen within it (``choose_index``), now, whatever the gallery's growth.
         Follow with ``tune_index`` to tune the built index's search parameters.
+
+        ``engine`` runs the embedding and index building elsewhere: ``facerank.scale.RayEngine``
+        on a Ray cluster, where ``gallery`` may also be any path Ray can read (``s3://...``).
+
+        >>> store.sync_folder("photos/", engine=RayEngine(workers=4))
         """
-        scanned = scan_gallery(gallery)
-        root = layout.absolute(scanned.root) + "/"
-        with self._writer(show_progress, commit_every) as writer:
+        engine = engine or LocalEngine()
+        scanned = engine.scan(gallery)
+        root = layout.absolute(scanned.root).rstrip("/") + "/"
+        with self._writer(show_progress, commit_every, engine) as writer:
             writer.report.skipped.extend(scanned.problems)
             writer.reembed_if_stale()
             present = {layout.absolute(image.path): image for image in scanned.images}
@@ -375,13 +381,17 @@ class FaceStore:
                 total = Database.count(sql)
                 under = Database.records(sql, "WHERE substr(path, 1, ?) = ?", (len(root), root))
             expected = len(present) + total - len(under)
-            writer.fit_index(expected, memory_budget_bytes=self._memory_budget(writer, memory,
-                                                                              expected))
+            budget = self._memory_budget(writer, memory, expected)
+            if engine.defers_index:
+                writer.deferred = True  # one index of everything at the end, built by the engine
+            else:
+                writer.fit_index(expected, memory_budget_bytes=budget)
             writer.ingest([(image.path, image.person) for image in present.values()])
             # After the ingest, which may have found some of them again at a new path.
             with self.database.reading() as sql:
                 under = Database.records(sql, "WHERE substr(path, 1, ?) = ?", (len(root), root))
             writer.remove([r.id for r in under if r.path not in present])
+            writer.finish_deferred(memory_budget_bytes=budget)
             return writer.report.deduplicate()
 
     def set_calibration(self, calibration: dict) -> None:
@@ -466,8 +476,19 @@ class FaceStore:
             Database.bump_version(sql)
         return budget
 
+    def export_parquet(self, path: str | Path) -> int:
+        """Write every searchable record with its vector to a Parquet file (see
+        ``facerank.store.export``), for another vector store to load; returns the rows.
+
+        >>> store.export_parquet("faces.parquet")
+        """
+        from facerank.store.export import export_parquet
+
+        return export_parquet(self, path)
+
     @contextmanager
-    def _writer(self, show_progress: bool, commit_every: int) -> Iterator[Writer]:
+    def _writer(self, show_progress: bool, commit_every: int,
+                engine: Engine | None = None) -> Iterator[Writer]:
         """Hold the store's lock, starting from what is on disk now, not from when we opened:
         another process may have committed since, and writing our older state would undo it."""
         with self._writing_here, FolderLock(self.folder, wait=self.lock_wait):
@@ -478,7 +499,7 @@ class FaceStore:
                 model = load_model(self.folder, device=self._device, runtime=self._runtime)
                 faces = face_finder(model.config, self.folder)
             yield Writer(self.folder, self.database, snapshot, model, faces, self._publish,
-                         show_progress=show_progress, commit_every=commit_every)
+                         show_progress=show_progress, commit_every=commit_every, engine=engine)
 
 
 def _tuning_summary(tuning: dict | None) -> dict | None:

@@ -16,19 +16,20 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
 from facerank.errors import ImageError
 from facerank.faces import FaceFinder
+from facerank.gallery import Gallery, scan_gallery
 from facerank.images import load_image
 from facerank.index import DEFAULT_FACTORY, FaceIndex, IndexPlan, choose_index
 from facerank.progress import Progress
 from facerank.store import layout
 from facerank.store.database import Database
 from facerank.store.results import ChangeReport, Record, file_sha256
-from facerank.store.snapshot import Delta, Snapshot
+from facerank.store.snapshot import Delta, Snapshot, read_snapshot
 from facerank.store.tuning import load_base
 
 #: Images per transaction while embedding: one batch of the network. A crash loses at most this
@@ -49,17 +50,39 @@ class Writer:
 
     def __init__(self, folder: Path, database: Database, snapshot: Snapshot, model, faces,
                  publish: Callable[[Snapshot], None], *, show_progress: bool = False,
-                 commit_every: int = COMMIT_EVERY, report: ChangeReport | None = None):
+                 commit_every: int = COMMIT_EVERY, report: ChangeReport | None = None,
+                 engine: "Engine | None" = None):
         self.folder, self.database = folder, database
         self.snapshot, self.model, self.faces = snapshot, model, faces
         self._publish = publish
         self.show_progress = show_progress
-        self.batch = max(1, min(commit_every, COMMIT_EVERY))
+        self.engine = engine or LocalEngine()
+        self.batch = max(1, min(commit_every, self.engine.commit_every))
         self.report = report or ChangeReport()
+        #: While True, commits go to the database only: no snapshot is published (nor the
+        #: index compacted) until ``finish_deferred`` builds one index of everything. An engine
+        #: that builds indexes elsewhere (a cluster) adds a whole gallery this way.
+        self.deferred = False
+        self._deferred_changes = False
 
     def publish(self, snapshot: Snapshot) -> None:
+        if self.deferred:
+            self._deferred_changes = True
+            return
         self.snapshot = snapshot
         self._publish(snapshot)
+
+    def finish_deferred(self, *, memory_budget_bytes: int | None = None) -> None:
+        """End deferral: one index of every committed vector (of the kind ``choose_index``
+        picks within the budget), built by the engine, switched to in one transaction; nothing
+        to do when nothing changed."""
+        changed, self.deferred, self._deferred_changes = self._deferred_changes, False, False
+        if changed:
+            with self.database.reading() as sql:
+                count = len(Database.vector_ids(sql, self.snapshot.generation))
+            budget = {"memory_budget_bytes": int(memory_budget_bytes)} if memory_budget_bytes \
+                else {}
+            self.rebuild(choose_index(count, self.snapshot.dim, **budget), chosen_for=count)
 
     # -- adding files ----------------------------------------------------------------------------
 
@@ -80,21 +103,24 @@ class Writer:
             old = by_path.get(layout.stored_path(self.folder, path))
             if old is not None and old.person == person:
                 try:
-                    info = os.stat(path)
+                    info = self.engine.stat(path)
                 except OSError:
                     info = None
                 if info and info.st_size == old.size and info.st_mtime_ns == old.mtime_ns:
                     self.report.unchanged += 1
                     continue
-            pending.append(_Item(Path(path), person, old))
+            pending.append(_Item(path if layout.is_uri(path) else Path(path), person, old))
         if not self.snapshot.base.is_built or len(self.snapshot.base) == 0:
             # An approximate index trains on the first vectors it is given; galleries come
             # person by person, so a seeded shuffle makes that sample cover everyone.
             random.Random(len(pending)).shuffle(pending)
         self._embed(pending, self._commit_new, find_moved=True)
 
+    def _embed(self, items: list["_Item"], commit: Callable, *, find_moved: bool = False) -> None:
+        self.engine.embed(self, items, commit, find_moved=find_moved)
+
     def _commit_new(self, outcomes: list["_Read"], vectors: np.ndarray | None) -> None:
-        embedded = [o for o in outcomes if o.image is not None]
+        embedded = [o for o in outcomes if o.embedded]
         touched = [o for o in outcomes if o.unchanged]
         moved = [o for o in outcomes if o.moved is not None]
         replaced = [o.old.id for o in embedded if o.old is not None]
@@ -174,7 +200,7 @@ class Writer:
         random.Random(0).shuffle(items)  # the new index trains on a sample that covers everyone
 
         def commit_vectors(outcomes: list[_Read], vectors: np.ndarray | None) -> None:
-            embedded = [o for o in outcomes if o.image is not None]
+            embedded = [o for o in outcomes if o.embedded]
             with self.database.writing() as sql:
                 if embedded:
                     Database.insert_vectors(sql, generation, [o.old.id for o in embedded], vectors)
@@ -193,7 +219,7 @@ class Writer:
                  for r in todo]
 
         def commit_vectors(outcomes: list[_Read], vectors: np.ndarray | None) -> None:
-            embedded = [o for o in outcomes if o.image is not None]
+            embedded = [o for o in outcomes if o.embedded]
             if not embedded:
                 return
             ids = [o.old.id for o in embedded]
@@ -224,7 +250,8 @@ class Writer:
             count = len(Database.vector_ids(sql, generation))
             records = Database.count(sql)
         plan = choose_index(count, self.model.config.embedding_dim)
-        index_file = build_index_file(self.folder, self.database, generation, plan, watermark)
+        index_file = self.engine.build_index_file(self.folder, self.database, generation, plan,
+                                                  watermark)
         with self.database.writing() as sql:
             old = int(Database.meta(sql, "generation"))
             sql.execute("UPDATE generations SET status = 'retired' WHERE id = ?", (old,))
@@ -265,15 +292,16 @@ class Writer:
     def rebuild(self, plan: IndexPlan, *, chosen_for: int | None = None) -> None:
         """A new base index of ``plan``'s kind holding every vector, switched to atomically."""
         snapshot = self.snapshot
-        index_file = build_index_file(self.folder, self.database, snapshot.generation, plan,
-                                      snapshot.seq)
+        # Everything committed, published or not (see ``deferred``): we hold the lock.
+        with self.database.reading() as sql:
+            watermark = Database.last_change(sql)
+        index_file = self.engine.build_index_file(self.folder, self.database,
+                                                  snapshot.generation, plan, watermark)
         with self.database.writing() as sql:
-            switch_index(sql, self.folder, index_file, snapshot.seq, plan.factory,
+            switch_index(sql, self.folder, index_file, watermark, plan.factory,
                          index_chosen_for=chosen_for or snapshot.count)
-            version = Database.bump_version(sql)
-        self.publish(replace(snapshot, base=self._loaded(index_file, plan.factory),
-                             base_file=index_file, watermark=snapshot.seq, delta=Delta(),
-                             removed=frozenset(), version=version, meta=self._meta()))
+            Database.bump_version(sql)
+        self.publish(read_snapshot(self.folder, self.database, snapshot.model, snapshot.faces))
 
     def compact(self) -> None:
         """Fold the delta and the removals into a new base file (the only full index write
@@ -303,35 +331,10 @@ class Writer:
         with self.database.reading() as sql:
             return Database.all_meta(sql)
 
-    # -- the embedding pipeline ------------------------------------------------------------------
+    # -- what every engine's embedding goes through -----------------------------------------------
 
-    def _embed(self, items: list["_Item"], commit: Callable, *, find_moved: bool = False) -> None:
-        """Read, find faces and embed ``items`` batch by batch, committing each batch."""
-        chunks = [items[start:start + self.batch] for start in range(0, len(items), self.batch)]
-        progress = Progress(self.show_progress and len(items) > 0)
-        moved = _MovedFiles(self.folder, self.database) if find_moved else None
-        # Reader threads stat, hash, decode and find the faces of the next batch while this one
-        # is embedded: the network, the decoders and dlib release the GIL, so they overlap.
-        readers = 2 if self.faces.step.enabled else 1
-        with progress, ThreadPoolExecutor(max_workers=readers) as pool:
-            task = progress.add("embedding", len(items))
-
-            def read_ahead(chunk):
-                return [pool.submit(_read_file, item, self.faces, moved) for item in chunk]
-
-            upcoming = read_ahead(chunks[0]) if chunks else None
-            for number, chunk in enumerate(chunks):
-                outcomes = [future.result() for future in upcoming]
-                if number + 1 < len(chunks):
-                    upcoming = read_ahead(chunks[number + 1])
-                outcomes = [self._claim(outcome, moved) for outcome in outcomes]
-                for outcome in outcomes:
-                    self._note(outcome)
-                images = [o.image for o in outcomes if o.image is not None]
-                vectors = self.model.embed(images, batch_size=self.batch) if images else None
-                commit(outcomes, vectors)
-                for _ in chunk:
-                    progress.advance(task)
+    def moved_files(self) -> "_MovedFiles":
+        return _MovedFiles(self.folder, self.database, self.engine.exists)
 
     def _claim(self, outcome: "_Read", moved: "_MovedFiles | None") -> "_Read":
         """A file found to be a moved record is that record, unless another file of the same
@@ -345,12 +348,81 @@ class Writer:
     def _note(self, outcome: "_Read") -> None:
         report = self.report
         if self.faces.step.enabled and outcome.faces_found == 0 and (
-                outcome.image is not None or outcome.skipped == NO_FACE):
+                outcome.embedded or outcome.skipped == NO_FACE):
             report.no_face.append(str(outcome.path))
         elif outcome.faces_found > 1:
             report.several_faces.append(str(outcome.path))
         if outcome.skipped is not None:
             report.skipped.append((str(outcome.path), outcome.skipped))
+
+
+class Engine(Protocol):
+    """Where a write's embedding and index building run (see ``LocalEngine``)."""
+
+    commit_every: int   # most images per transaction
+    defers_index: bool  # index everything once at the end (``Writer.deferred``)
+
+    def embed(self, writer: Writer, items: list["_Item"], commit: Callable, *,
+              find_moved: bool = False) -> None: ...
+
+    def scan(self, gallery: str | Path) -> Gallery: ...
+
+    def stat(self, path: str | Path) -> os.stat_result: ...   # size and modification time
+
+    def exists(self, path: str) -> bool: ...
+
+    def build_index_file(self, folder: Path, database: Database, generation: int,
+                         plan: IndexPlan, watermark: int) -> str: ...
+
+
+class LocalEngine:
+    """Embeds and builds indexes in this process: the default engine of every write.
+
+    An engine has ``embed`` (read, find faces and embed items, calling ``commit`` per batch) and
+    ``build_index_file`` (``build_index_file``'s signature); ``facerank.scale`` has one that runs
+    on a Ray cluster. ``defers_index``: the engine's additions are indexed once at the end.
+    """
+
+    commit_every = COMMIT_EVERY
+    defers_index = False
+    scan = staticmethod(scan_gallery)
+    stat = staticmethod(os.stat)
+    exists = staticmethod(os.path.exists)
+
+    def embed(self, writer: Writer, items: list["_Item"], commit: Callable, *,
+              find_moved: bool = False) -> None:
+        """Read, find faces and embed ``items`` batch by batch, committing each batch."""
+        chunks = [items[start:start + writer.batch]
+                  for start in range(0, len(items), writer.batch)]
+        progress = Progress(writer.show_progress and len(items) > 0)
+        moved = writer.moved_files() if find_moved else None
+        # Reader threads stat, hash, decode and find the faces of the next batch while this one
+        # is embedded: the network, the decoders and dlib release the GIL, so they overlap.
+        readers = 2 if writer.faces.step.enabled else 1
+        with progress, ThreadPoolExecutor(max_workers=readers) as pool:
+            task = progress.add("embedding", len(items))
+
+            def read_ahead(chunk):
+                return [pool.submit(_read_file, item, writer.faces, moved) for item in chunk]
+
+            upcoming = read_ahead(chunks[0]) if chunks else None
+            for number, chunk in enumerate(chunks):
+                outcomes = [future.result() for future in upcoming]
+                if number + 1 < len(chunks):
+                    upcoming = read_ahead(chunks[number + 1])
+                outcomes = [writer._claim(outcome, moved) for outcome in outcomes]
+                for outcome in outcomes:
+                    writer._note(outcome)
+                images = [o.image for o in outcomes if o.image is not None]
+                vectors = writer.model.embed(images, batch_size=writer.batch) if images else None
+                commit(outcomes, vectors)
+                for _ in chunk:
+                    progress.advance(task)
+
+    @staticmethod
+    def build_index_file(folder: Path, database: Database, generation: int, plan: IndexPlan,
+                         watermark: int) -> str:
+        return build_index_file(folder, database, generation, plan, watermark)
 
 
 def build_index_file(folder: Path, database: Database, generation: int, plan: IndexPlan,
@@ -412,6 +484,11 @@ class _Read:
     skipped: str | None = None     # why the file was skipped
     unchanged: bool = False        # same content as its record: only its stat is new
     moved: Record | None = None    # the record of the same content whose file is gone
+    vector: np.ndarray | None = None  # its embedding, where an engine embedded it elsewhere
+
+    @property
+    def embedded(self) -> bool:
+        return self.image is not None or self.vector is not None
 
     @property
     def path(self) -> Path:
@@ -430,15 +507,15 @@ class _MovedFiles:
     """Records whose file is gone, found again by content: a moved or renamed gallery re-syncs
     to the same records, without embedding anything again."""
 
-    def __init__(self, folder: Path, database: Database):
-        self.folder, self.database = folder, database
+    def __init__(self, folder: Path, database: Database, exists: Callable[[str], bool]):
+        self.folder, self.database, self.exists = folder, database, exists
         self._claimed: set[int] = set()
 
     def find(self, sha256: str, person: str) -> Record | None:
         with self.database.reading() as sql:
             candidates = Database.records(sql, "WHERE sha256 = ? AND person = ?", (sha256, person))
         for record in candidates:
-            if record.id not in self._claimed and not os.path.exists(
+            if record.id not in self._claimed and not self.exists(
                     layout.resolved_path(self.folder, record.path)):
                 return record
         return None
