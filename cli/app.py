@@ -297,9 +297,10 @@ def index_build(
         None, "--ray", help="Embed and build the index on a Ray cluster: auto (the one on this "
         "machine, else a new local one), ray://HOST:PORT or HOST:PORT.", show_default=False),
     workers: Optional[int] = typer.Option(
-        None, "--workers", help="With --ray: embedding actors, one model each (default: the "
-        "cluster's CPUs less one).", show_default=False),
-    gpus_per_worker: float = typer.Option(0, "--gpus-per-worker",
+        None, "--workers", min=1, help="With --ray: embedding actors, one model each (default: "
+        "as many as the cluster's CPUs, or GPUs with --gpus-per-worker, allow).",
+        show_default=False),
+    gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", min=0,
                                           help="With --ray: GPUs per embedding actor."),
     memory: Optional[str] = typer.Option(
         None, "--memory", help="Memory budget of the index (512M, 4G, 1.5T); kept for later "
@@ -329,13 +330,17 @@ def index_build(
     if memory is not None:
         parse_size(memory)  # a badly written size fails before any work
     latency = parse_latency(target_latency) if target_latency is not None else None
+    from facerank.sources import is_uri
+
     engine = None
-    if ray is not None or workers is not None or gpus_per_worker:
+    if ray is not None:
         from facerank.scale import RayEngine
 
-        engine = RayEngine(address=ray or "auto", workers=workers,
-                           gpus_per_worker=gpus_per_worker)
-    elif "://" in gallery:
+        engine = RayEngine(address=ray, workers=workers, gpus_per_worker=gpus_per_worker)
+    elif workers is not None or gpus_per_worker:
+        raise typer.BadParameter("--workers and --gpus-per-worker size a Ray build: add --ray "
+                                 "auto (or --ray ray://HOST:PORT)")
+    elif is_uri(gallery):
         raise typer.BadParameter(f"{gallery} is a URI: read it on a Ray cluster with --ray auto "
                                  "(or copy it to a local folder)")
     opened = FaceStore.open(_store_path(store))

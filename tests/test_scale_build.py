@@ -37,15 +37,16 @@ PEOPLE = [f"s{i}" for i in range(11, 31)]
 pytestmark = pytest.mark.skipif(not ORL.is_dir(), reason=f"needs the ORL faces at {ORL}")
 
 
-def _orl(folder: Path, people: list[str]) -> Path:
+def _orl(folder: Path, people: list[str], names: dict | None = None) -> Path:
     for person in people:
-        shutil.copytree(ORL / person, folder / person)
+        shutil.copytree(ORL / person, folder / (names or {}).get(person, person))
     return folder
 
 
 @pytest.fixture(scope="module")
 def orl_200(tmp_path_factory) -> Path:
-    return _orl(tmp_path_factory.mktemp("orl200"), PEOPLE)
+    # One person's folder named with a space and a '#', as people's folders are.
+    return _orl(tmp_path_factory.mktemp("orl200"), PEOPLE, {"s11": "Mary Ann #11"})
 
 
 def _fresh_store(trained, destination: Path) -> FaceStore:
@@ -73,9 +74,8 @@ def builds(tmp_path_factory, trained, orl_200, ray_cluster):
     local_report = local.sync_folder(orl_200)
     on_ray = _fresh_store(trained, root / "ray")
     # Given as a URI, the gallery is listed and read through pyarrow, as s3:// or gs:// would
-    # be. Shards of 64 vectors: the index is filled by four Ray tasks and merged.
-    report = on_ray.sync_folder(orl_200.as_uri(), engine=RayEngine(workers=2, batch_size=16,
-                                                                    shard_size=64))
+    # be. A space in a person's folder name stays a space (no URL parsing).
+    report = on_ray.sync_folder(orl_200.as_uri(), engine=RayEngine(workers=2, batch_size=16))
     return local, on_ray, report, local_report
 
 
@@ -233,3 +233,32 @@ def test_a_build_whose_driver_is_killed_resumes_where_it_stopped(trained, ray_cl
     assert report.added + len(report.skipped) == 40 - committed
     paths = [r.path for r in store.records]
     assert len(paths) == len(set(paths)) == len(store)
+
+
+def test_uri_records_stay_searchable_when_the_model_changes(trained, ray_cluster, tmp_path):
+    """Records of a URI gallery are re-read through pyarrow by a later write's re-embed, even a
+    local one (here: the model switched to int8, then one local photo added)."""
+    from facerank.precision import set_precision
+
+    gallery = _orl(tmp_path / "gallery", PEOPLE[:2])
+    store = _fresh_store(trained, tmp_path / "store")
+    store.sync_folder(gallery.as_uri(), engine=RayEngine(workers=1))
+    assert len(store) == 20 and all(r.path.startswith("file://") for r in store.records)
+    set_precision(store.folder, "int8")
+    store = FaceStore.open(store.folder)
+    report = store.add(ORL / "s40" / "1.pgm", person="s40")
+    assert report.reembedded == 20 and not report.skipped
+    assert len(store) == 21
+    vectors = _vectors_by_path(store)
+    found = store.search_vectors(np.stack(list(vectors.values())), k=1)
+    assert [_local(m[0].path) for m in found] == list(vectors)
+
+
+def test_ray_options_are_checked_before_any_work(trained):
+    for arguments, message in ((["--workers", "0"], "workers"),
+                               (["--workers", "2"], "--ray"),
+                               (["--gpus-per-worker", "1"], "--ray")):
+        result = CliRunner().invoke(app, ["index", "build", str(ORL), "--store",
+                                          str(trained[0]), *arguments])
+        assert result.exit_code == 2, result.output
+        assert message in result.output

@@ -252,6 +252,22 @@ def test_a_reembed_keeps_records_whose_file_cannot_be_read_and_retries_them(stor
     assert len(store) == 50 and store.closest(hidden, k=1)[0].path == str(hidden)
 
 
+def test_a_reembed_that_cannot_read_most_records_keeps_the_old_index(store_copy, tmp_path):
+    store, gallery = store_copy
+    photo = gallery / "s1" / "1.pgm"
+    before = [m.path for m in store.closest(photo, k=5)]
+    retrained = FaceModel.load(store.folder)
+    retrained.network.fc.bias.data += 1.0
+    retrained.save(store.folder)
+    gallery.rename(tmp_path / "away")  # the whole gallery out of reach (an unmounted disk)
+    with pytest.raises(StoreError, match="only 0 of 50 records could be re-embedded"):
+        store.add([], person="nobody")
+    assert [m.path for m in store.closest(tmp_path / "away" / "s1" / "1.pgm", k=5)] == before
+    (tmp_path / "away").rename(gallery)  # back: the next write finishes the re-embed
+    assert store.add([], person="nobody").reembedded == 50
+    assert store.closest(photo, k=1)[0].path == str(photo)
+
+
 def test_removals_are_folded_into_the_index_and_stray_index_files_go(store_copy, monkeypatch):
     store, gallery = store_copy
     store.compact()

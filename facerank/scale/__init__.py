@@ -8,6 +8,13 @@ Ray starts a local cluster on a laptop (``ray="auto"``) and joins a real one by 
 Needs the ray extra: ``pip install "facerank[ray]"``.
 """
 
-from facerank.scale.embedding import RayEngine
-
 __all__ = ["RayEngine"]
+
+
+def __getattr__(name: str):
+    # Loaded on first use: ``facerank.scale.plan`` (arithmetic) should not import the store.
+    if name == "RayEngine":
+        from facerank.scale.embedding import RayEngine
+
+        return RayEngine
+    raise AttributeError(f"module 'facerank.scale' has no attribute {name!r}")

@@ -19,29 +19,37 @@ path, so nothing is lost or doubled. The index is built once at the end
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from facerank.config import CONFIG_FILE, read_config
-from facerank.errors import GalleryError, ImageError
+from facerank.errors import GalleryError, ImageError, StoreError
+from facerank.faces import FaceFinder
 from facerank.gallery import Gallery, GalleryImage, scan_gallery
 from facerank.images import IMAGE_SUFFIXES, load_image
 from facerank.progress import Progress
-from facerank.scale.cluster import connect
+from facerank.scale.cluster import connect, import_ray
 from facerank.scale.index_build import SHARD_SIZE, build_index_file_on_ray
-from facerank.store import layout
-from facerank.store.ingest import NO_FACE, Writer, _Item, _Read
+from facerank.sources import is_uri, read_source, split_uri
+from facerank.store.ingest import (NO_FACE, FileOutcome, PendingFile, Writer,
+                                   settle_known_content)
 
 #: Images an actor embeds at once (one batch of the network).
 EMBED_BATCH = 32
-#: Results per transaction on the driver: larger than a local build's, since the driver only
-#: writes (the embedding happens elsewhere) and each commit costs an fsync.
+#: Results per transaction on the driver: more than a local build's 32, since the driver only
+#: writes (the embedding happens elsewhere) and each commit costs an fsync or two.
 COMMIT_EVERY = 256
+#: Files per Ray Data block: what one actor task holds, and what a dead actor's retry redoes.
+BLOCK_FILES = 1024
+#: Restarts of a dead actor, and retries of its task, before the build fails (Ray Data's own
+#: default retries forever: one file that kills its worker every time would never end).
+RETRIES = 3
 
 
 @dataclass
@@ -49,9 +57,10 @@ class RayEngine:
     """Embed and build the index on a Ray cluster (see the module's docstring).
 
     ``address``: ``"auto"`` joins the cluster on this machine or starts one; ``"ray://head:10001"``
-    joins a remote one. ``workers``: actors embedding at once (one model each; default: one per
-    CPU the cluster has, less one for the driver's reading). ``gpus_per_worker``: GPUs each
-    actor asks Ray for (0: CPU). ``cpus_per_worker``: CPUs each actor asks for.
+    joins a remote one. ``workers``: embedding actors, one model each (default: as many as the
+    cluster's GPUs or CPUs allow at ``gpus_per_worker``/``cpus_per_worker`` each).
+    ``gpus_per_worker``: GPUs each actor asks Ray for (0: CPUs only); ``cpus_per_worker``: CPUs
+    each asks for, and the threads its model uses.
     """
 
     address: str | None = "auto"
@@ -61,74 +70,107 @@ class RayEngine:
     batch_size: int = EMBED_BATCH
     commit_every: int = COMMIT_EVERY
     shard_size: int = SHARD_SIZE
-    defers_index = True
+    _listed: dict = field(default_factory=dict, init=False, repr=False)
+    _root: str = field(default="", init=False, repr=False)
+    _filesystem: object = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.gpus_per_worker < 0 or self.cpus_per_worker <= 0:
-            raise ValueError("gpus_per_worker must be at least 0 and cpus_per_worker above 0")
-        self._listed: dict[str, tuple[int, int]] = {}  # URI -> (size, mtime_ns) from the listing
+            raise ValueError(f"gpus_per_worker must be at least 0 and cpus_per_worker above 0; "
+                             f"got {self.gpus_per_worker} and {self.cpus_per_worker}")
+        import_ray()  # no ray: say which extra to install before any work
 
     # -- what a write asks of an engine ----------------------------------------------------------
 
     def scan(self, gallery: str | Path) -> Gallery:
         """The gallery's images: a local folder as ``scan_gallery`` lists it, or any URI
         pyarrow reads (``s3://``, ``gs://``, ``file://`` ...), listed through pyarrow."""
-        if not layout.is_uri(str(gallery)):
+        self._listed, self._root, self._filesystem = {}, "", None
+        if not is_uri(str(gallery)):
             return scan_gallery(gallery)
         return self._scan_uri(str(gallery))
 
     def stat(self, path: str | Path):
-        if layout.is_uri(str(path)):
-            return _Stat(*self._listed[str(path)])  # as listed: no second request per file
+        if is_uri(str(path)):
+            if str(path) not in self._listed:
+                raise OSError(f"{path}: not in the gallery's listing")
+            return _Stat(*self._listed[str(path)])  # as listed: no request per file
         return os.stat(path)
 
     def exists(self, path: str) -> bool:
-        return path in self._listed if layout.is_uri(path) else os.path.exists(path)
+        if not is_uri(path):
+            return os.path.exists(path)
+        # Gone only if it lies under the gallery just listed and was not listed.
+        return path in self._listed or not (self._root and path.startswith(self._root))
 
-    def embed(self, writer: Writer, items: list[_Item], commit: Callable, *,
+    def embed(self, writer: Writer, items: list[PendingFile], commit: Callable, *,
               find_moved: bool = False) -> None:
         if not items:
             return
+        if self.gpus_per_worker and writer.model.config.precision == "int8":
+            raise ValueError("this store's model is int8, which runs on ONNX Runtime on CPUs: "
+                             "leave out gpus_per_worker (or `facerank precision fp32`)")
         connect(self.address)
-        import ray.data  # binds ``ray`` too
+        import ray
+        import ray.data
 
-        by_path = {str(item.path): item for item in items}
-        model = ray.put(_model_files(writer.folder, writer.model.config))
-        workers = self.workers or max(1, int(ray.cluster_resources().get("CPU", 2)) - 1)
+        workers = self._pool_size(ray)
         dataset = ray.data.from_items(
             [{"path": str(item.path)} for item in items],
-            override_num_blocks=max(1, min(len(items) // self.batch_size, 4 * workers)))
+            override_num_blocks=max(1, min(len(items), max(math.ceil(len(items) / BLOCK_FILES),
+                                                             2 * workers))))
         embedded = dataset.map_batches(
             _Embedder, fn_constructor_kwargs={
-                "model": model, "device": self._device(), "runtime": self._runtime(writer),
-                "threads": max(1, int(self.cpus_per_worker))},
-            batch_size=self.batch_size, batch_format="numpy", concurrency=workers,
-            num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker or None)
+                "model": ray.put(_model_files(writer.folder, writer.model.config)),
+                "device": "cuda" if self.gpus_per_worker else "cpu",
+                "runtime": self._runtime(writer), "threads": max(1, int(self.cpus_per_worker)),
+                "filesystem": self._filesystem},
+            batch_size=self.batch_size, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=self.cpus_per_worker,
+            num_gpus=self.gpus_per_worker or None, max_restarts=RETRIES,
+            max_task_retries=RETRIES)
+        by_path = {str(item.path): item for item in items}
+        seen: set[str] = set()
         moved = writer.moved_files() if find_moved else None
         progress = Progress(writer.show_progress)
-        with progress:
-            task = progress.add("embedding on Ray", len(items))
-            for batch in embedded.iter_batches(batch_size=writer.batch, batch_format="numpy"):
-                outcomes = [_outcome(by_path[path], batch, row, moved)
-                            for row, path in enumerate(batch["path"])]
-                for outcome in outcomes:
-                    writer._note(outcome)
-                vectors = [o.vector for o in outcomes if o.vector is not None]
-                commit(outcomes, np.stack(vectors) if vectors else None)
-                for _ in outcomes:
-                    progress.advance(task)
+        try:
+            with progress:
+                task = progress.add("embedding on Ray", len(items))
+                for batch in embedded.iter_batches(batch_size=writer.batch, batch_format="numpy"):
+                    # A path met twice (a retried task's output) is one file, committed once.
+                    rows = [row for row, path in enumerate(batch["path"]) if path not in seen]
+                    seen.update(batch["path"][row] for row in rows)
+                    outcomes = [_outcome(by_path[batch["path"][row]], batch, row, moved)
+                                for row in rows]
+                    _check_reachable(outcomes, first=len(seen) == len(rows))
+                    for outcome in outcomes:
+                        writer.note(outcome)
+                    vectors = [o.vector for o in outcomes if o.vector is not None]
+                    commit(outcomes, np.stack(vectors) if vectors else None)
+                    for _ in outcomes:
+                        progress.advance(task)
+        except ray.exceptions.RayError as error:
+            cause = getattr(error, "cause", None) or error
+            raise StoreError(f"embedding on Ray failed: {type(cause).__name__}: {cause}; what "
+                             "was committed is kept: run the same command again to go on") from None
 
     def build_index_file(self, folder, database, generation, plan, watermark) -> str:
         connect(self.address)
         return build_index_file_on_ray(folder, database, generation, plan, watermark,
-                                       shard_size=self.shard_size)
+                                       shard_size=self.shard_size,
+                                       cpus_per_task=self.cpus_per_worker)
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _device(self) -> str:
-        return "cuda" if self.gpus_per_worker else "cpu"
+    def _pool_size(self, ray) -> int:
+        if self.workers:
+            return self.workers
+        resources = ray.cluster_resources()
+        if self.gpus_per_worker:
+            return max(1, int(resources.get("GPU", 0) // self.gpus_per_worker))
+        return max(1, int(resources.get("CPU", 1) // self.cpus_per_worker))
 
     def _runtime(self, writer: Writer) -> str:
         # The runtime the store's own model runs on here (ONNX Runtime or torch), so that the
@@ -138,8 +180,8 @@ class RayEngine:
     def _scan_uri(self, uri: str) -> Gallery:
         from pyarrow import fs as pafs
 
+        filesystem, root = split_uri(uri)
         try:
-            filesystem, root = pafs.FileSystem.from_uri(uri)
             infos = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
         except (OSError, ValueError) as error:
             raise GalleryError(f"cannot list {uri}: {error}") from None
@@ -152,18 +194,17 @@ class RayEngine:
             if info.type != pafs.FileType.File or any(p.startswith(".") for p in parts) or \
                     Path(info.path).suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            full = f"{scheme}://{info.path}" if scheme != "file" else f"file://{info.path}"
+            full = f"{scheme}://{info.path}"  # the path as the file system names it, unparsed
             if len(parts) < 2:
                 problems.append((full, "image outside any person's folder; ignored"))
                 continue
-            mtime_ns = info.mtime_ns if info.mtime_ns is not None else 0
-            self._listed[full] = (int(info.size or 0), int(mtime_ns))
+            self._listed[full] = (int(info.size or 0), int(info.mtime_ns or 0))
             images.append(GalleryImage(full, parts[0]))
         if not images:
             raise GalleryError(f"no images found in {uri}; a gallery is a folder with one "
                                "sub-folder of images per person")
-        return Gallery(root=f"{scheme}://{prefix}", images=tuple(images),
-                       problems=tuple(problems))
+        self._root, self._filesystem = f"{scheme}://{prefix}", filesystem
+        return Gallery(root=self._root, images=tuple(images), problems=tuple(problems))
 
 
 @dataclass(frozen=True)
@@ -173,31 +214,41 @@ class _Stat:
 
 
 def _model_files(folder: Path, config) -> dict[str, bytes]:
-    """The files a store's model is loaded from, to send to the actors."""
+    """The files a store's model is loaded from (and its face detector's weights, where the
+    face step has a file), to send to the actors."""
     names = [CONFIG_FILE, config.weights_file, config.onnx_file, config.int8_file]
-    return {name: (folder / name).read_bytes() for name in names if name}
+    files = {name: (folder / name).read_bytes() for name in names if name}
+    if config.faces.model_file:
+        files[_DETECTOR] = Path(config.faces.model_file).read_bytes()
+    return files
 
 
-def _outcome(item: _Item, batch: dict, row: int, moved) -> _Read:
-    """What an actor found for one file, checked against the store as a local read would be:
-    the same content as its record is only a new stat, the content of a record whose file is
-    gone is that record moved."""
-    outcome = _Read(item, sha256=str(batch["sha256"][row]), size=int(batch["size"][row]),
-                    mtime_ns=int(batch["mtime_ns"][row]),
-                    faces_found=int(batch["faces_found"][row]),
-                    skipped=str(batch["skipped"][row]) or None)
+_DETECTOR = "face-detector.dat"
+
+
+def _check_reachable(outcomes: list[FileOutcome], *, first: bool) -> None:
+    """Fail at once when the workers cannot read the first files at all: a gallery on the
+    driver's disk that the cluster's machines do not see, rather than bad files."""
+    unread = [o for o in outcomes if o.skipped is not None and not o.sha256]
+    if first and outcomes and len(unread) == len(outcomes):
+        raise GalleryError(
+            f"the Ray workers could not read any of the first {len(outcomes)} files (e.g. "
+            f"{unread[0].path}: {unread[0].skipped}); on a cluster of several machines the "
+            "gallery must be a URI they all read (s3://...) or on a filesystem they all mount")
+
+
+def _outcome(item: PendingFile, batch: dict, row: int, moved) -> FileOutcome:
+    """What an actor found for one file, settled against the store as a local read is."""
+    outcome = FileOutcome(item, sha256=str(batch["sha256"][row]), size=int(batch["size"][row]),
+                          mtime_ns=int(batch["mtime_ns"][row]),
+                          faces_found=int(batch["faces_found"][row]),
+                          skipped=str(batch["skipped"][row]) or None)
     if outcome.skipped is not None:
         return outcome
-    old = item.old
-    if not item.reembed and old is not None and old.sha256 == outcome.sha256 \
-            and old.person == item.person:
-        outcome.unchanged = True
-        return outcome
-    if old is None and moved is not None:
-        record = moved.find(outcome.sha256, item.person)
-        if record is not None and moved.claim(record.id):
-            outcome.moved = record
+    if settle_known_content(outcome, moved):
+        if outcome.moved is None or moved.claim(outcome.moved.id):
             return outcome
+        outcome.moved = None  # another file of this content took that record: a new one
     outcome.vector = np.asarray(batch["vector"][row], np.float32)
     return outcome
 
@@ -205,10 +256,9 @@ def _outcome(item: _Item, batch: dict, row: int, moved) -> _Read:
 class _Embedder:
     """A Ray Data actor: the store's model and face step, applied to batches of paths."""
 
-    def __init__(self, model, device: str, runtime: str, threads: int):
+    def __init__(self, model, device: str, runtime: str, threads: int, filesystem):
         import ray
 
-        from facerank.face_cache import face_finder
         from facerank.runtime import load_model
 
         files = ray.get(model) if isinstance(model, ray.ObjectRef) else model
@@ -218,9 +268,13 @@ class _Embedder:
         # As many threads as CPUs the actor asked Ray for: actors share the node's cores.
         self.model = load_model(self._folder.name, device=device, runtime=runtime,
                                 threads=threads)
-        self.faces = face_finder(read_config(self._folder.name), None)
+        config = read_config(self._folder.name)
+        step = config.faces
+        if _DETECTOR in files:
+            step = replace(step, model_file=str(Path(self._folder.name, _DETECTOR)))
+        self.faces = FaceFinder(step, size=config.image_size)
         self.dim = self.model.config.embedding_dim
-
+        self.filesystem = filesystem
     def __call__(self, batch: dict) -> dict:
         paths = [str(path) for path in batch["path"]]
         out = {"path": np.array(paths, dtype=object), "sha256": [], "size": [], "mtime_ns": [],
@@ -245,7 +299,7 @@ class _Embedder:
         found = {"sha256": "", "size": 0, "mtime_ns": 0, "faces_found": 0, "skipped": "",
                  "image": None}
         try:
-            data, found["size"], found["mtime_ns"] = _read_source(path)
+            data, found["size"], found["mtime_ns"] = read_source(path, self.filesystem)
             found["sha256"] = hashlib.sha256(data).hexdigest()
             image = load_image(data)
             faces = self.faces.find(image)
@@ -259,21 +313,6 @@ class _Embedder:
             found["skipped"] = error.reason
         except OSError as error:
             found["skipped"] = error.strerror or str(error)
+        except Exception as error:  # one bad file must not fail (and retry) the whole task
+            found["skipped"] = f"could not be processed ({type(error).__name__}: {error})"
         return found
-
-
-def _read_source(path: str) -> tuple[bytes, int, int]:
-    """(content, size, mtime_ns) of a local file or of a URI pyarrow can open."""
-    if not layout.is_uri(path):
-        with open(path, "rb") as stream:
-            info = os.fstat(stream.fileno())
-            return stream.read(), info.st_size, info.st_mtime_ns
-    from pyarrow import fs as pafs
-
-    filesystem, inner = pafs.FileSystem.from_uri(path)
-    info = filesystem.get_file_info(inner)
-    if info.type != pafs.FileType.File:
-        raise OSError(2, "no such file", path)
-    with filesystem.open_input_file(inner) as stream:
-        data = stream.read()
-    return data, int(info.size or len(data)), int(info.mtime_ns or 0)

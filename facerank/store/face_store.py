@@ -352,7 +352,7 @@ class FaceStore:
 
     def sync_folder(self, gallery: str | Path, *, show_progress: bool = False,
                     memory: int | str | None = None,
-                    commit_every: int = COMMIT_EVERY, engine: Engine | None = None
+                    commit_every: int | None = None, engine: Engine | None = None
                     ) -> ChangeReport:
         """Make the index match a gallery folder: embed new and changed files, drop deleted ones.
 
@@ -381,17 +381,15 @@ class FaceStore:
                 total = Database.count(sql)
                 under = Database.records(sql, "WHERE substr(path, 1, ?) = ?", (len(root), root))
             expected = len(present) + total - len(under)
-            budget = self._memory_budget(writer, memory, expected)
-            if engine.defers_index:
-                writer.deferred = True  # one index of everything at the end, built by the engine
-            else:
-                writer.fit_index(expected, memory_budget_bytes=budget)
+            writer.fit_index(expected, memory_budget_bytes=self._memory_budget(writer, memory,
+                                                                              expected))
             writer.ingest([(image.path, image.person) for image in present.values()])
             # After the ingest, which may have found some of them again at a new path.
             with self.database.reading() as sql:
                 under = Database.records(sql, "WHERE substr(path, 1, ?) = ?", (len(root), root))
             writer.remove([r.id for r in under if r.path not in present])
-            writer.finish_deferred(memory_budget_bytes=budget)
+            if writer.snapshot.needs_compaction:  # e.g. left so by a build killed mid-way
+                writer.compact()
             return writer.report.deduplicate()
 
     def set_calibration(self, calibration: dict) -> None:
@@ -409,13 +407,14 @@ class FaceStore:
             writer.compact()
 
     def reindex(self, *, factory: str | None = None, memory: int | str | None = None,
-                target_recall: float | None = None, target_latency_ms: float | str | None = None
-                ) -> str:
+                target_recall: float | None = None, target_latency_ms: float | str | None = None,
+                engine: Engine | None = None) -> str:
         """Rebuild the index from the stored vectors (nothing is re-embedded): of ``factory``
         (a FAISS factory string), else of the kind ``choose_index`` picks for its size within
         ``memory`` (bytes or ``"4G"``; default the store's budget, else 2 GiB), then tune its
         search parameters (``tune_index``). Returns the factory. Queries keep the current index
-        until the new one is switched in.
+        until the new one is switched in. ``engine``: where the index is built
+        (``facerank.scale.RayEngine``: trained here, filled in shards on a Ray cluster).
 
         >>> store.reindex(factory="IVF1024,Flat")
         >>> store.reindex(memory="4G", target_recall=0.95)
@@ -425,7 +424,7 @@ class FaceStore:
                              "removes them; choose Flat, IVF...,Flat or IVF...,PQ...")
         if factory is not None and memory is not None:
             raise ValueError("give factory or memory, not both: memory chooses the factory")
-        with self._writer(False, COMMIT_EVERY) as writer:
+        with self._writer(False, COMMIT_EVERY, engine) as writer:
             count = writer.snapshot.count
             budget = self._memory_budget(writer, memory, count)
             plan = (IndexPlan.for_factory(factory) if factory is not None
@@ -487,7 +486,7 @@ class FaceStore:
         return export_parquet(self, path)
 
     @contextmanager
-    def _writer(self, show_progress: bool, commit_every: int,
+    def _writer(self, show_progress: bool, commit_every: int | None,
                 engine: Engine | None = None) -> Iterator[Writer]:
         """Hold the store's lock, starting from what is on disk now, not from when we opened:
         another process may have committed since, and writing our older state would undo it."""

@@ -11,6 +11,7 @@ writer (the vectors of a re-embed are committed as they come).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from concurrent.futures import ThreadPoolExecutor
@@ -20,15 +21,16 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from facerank.errors import ImageError
+from facerank.errors import ImageError, StoreError
 from facerank.faces import FaceFinder
 from facerank.gallery import Gallery, scan_gallery
 from facerank.images import load_image
 from facerank.index import DEFAULT_FACTORY, FaceIndex, IndexPlan, choose_index
 from facerank.progress import Progress
+from facerank.sources import as_source, is_uri, read_source
 from facerank.store import layout
 from facerank.store.database import Database
-from facerank.store.results import ChangeReport, Record, file_sha256
+from facerank.store.results import ChangeReport, Record
 from facerank.store.snapshot import Delta, Snapshot, read_snapshot
 from facerank.store.tuning import load_base
 
@@ -50,39 +52,21 @@ class Writer:
 
     def __init__(self, folder: Path, database: Database, snapshot: Snapshot, model, faces,
                  publish: Callable[[Snapshot], None], *, show_progress: bool = False,
-                 commit_every: int = COMMIT_EVERY, report: ChangeReport | None = None,
+                 commit_every: int | None = None, report: ChangeReport | None = None,
                  engine: "Engine | None" = None):
         self.folder, self.database = folder, database
         self.snapshot, self.model, self.faces = snapshot, model, faces
         self._publish = publish
         self.show_progress = show_progress
         self.engine = engine or LocalEngine()
-        self.batch = max(1, min(commit_every, self.engine.commit_every))
+        # At most the engine's batch: a local batch is also one batch of the network.
+        self.batch = max(1, min(commit_every or self.engine.commit_every,
+                                self.engine.commit_every))
         self.report = report or ChangeReport()
-        #: While True, commits go to the database only: no snapshot is published (nor the
-        #: index compacted) until ``finish_deferred`` builds one index of everything. An engine
-        #: that builds indexes elsewhere (a cluster) adds a whole gallery this way.
-        self.deferred = False
-        self._deferred_changes = False
 
     def publish(self, snapshot: Snapshot) -> None:
-        if self.deferred:
-            self._deferred_changes = True
-            return
         self.snapshot = snapshot
         self._publish(snapshot)
-
-    def finish_deferred(self, *, memory_budget_bytes: int | None = None) -> None:
-        """End deferral: one index of every committed vector (of the kind ``choose_index``
-        picks within the budget), built by the engine, switched to in one transaction; nothing
-        to do when nothing changed."""
-        changed, self.deferred, self._deferred_changes = self._deferred_changes, False, False
-        if changed:
-            with self.database.reading() as sql:
-                count = len(Database.vector_ids(sql, self.snapshot.generation))
-            budget = {"memory_budget_bytes": int(memory_budget_bytes)} if memory_budget_bytes \
-                else {}
-            self.rebuild(choose_index(count, self.snapshot.dim, **budget), chosen_for=count)
 
     # -- adding files ----------------------------------------------------------------------------
 
@@ -98,7 +82,7 @@ class Writer:
                 rows = Database.records(sql, "WHERE path = ?", (stored,))
                 if rows:
                     by_path[stored] = rows[-1]
-        pending: list[_Item] = []
+        pending: list[PendingFile] = []
         for path, person in items:
             old = by_path.get(layout.stored_path(self.folder, path))
             if old is not None and old.person == person:
@@ -109,17 +93,17 @@ class Writer:
                 if info and info.st_size == old.size and info.st_mtime_ns == old.mtime_ns:
                     self.report.unchanged += 1
                     continue
-            pending.append(_Item(path if layout.is_uri(path) else Path(path), person, old))
+            pending.append(PendingFile(as_source(path), person, old))
         if not self.snapshot.base.is_built or len(self.snapshot.base) == 0:
             # An approximate index trains on the first vectors it is given; galleries come
             # person by person, so a seeded shuffle makes that sample cover everyone.
             random.Random(len(pending)).shuffle(pending)
         self._embed(pending, self._commit_new, find_moved=True)
 
-    def _embed(self, items: list["_Item"], commit: Callable, *, find_moved: bool = False) -> None:
+    def _embed(self, items: list["PendingFile"], commit: Callable, *, find_moved: bool = False) -> None:
         self.engine.embed(self, items, commit, find_moved=find_moved)
 
-    def _commit_new(self, outcomes: list["_Read"], vectors: np.ndarray | None) -> None:
+    def _commit_new(self, outcomes: list["FileOutcome"], vectors: np.ndarray | None) -> None:
         embedded = [o for o in outcomes if o.embedded]
         touched = [o for o in outcomes if o.unchanged]
         moved = [o for o in outcomes if o.moved is not None]
@@ -195,11 +179,11 @@ class Writer:
                 generation = Database.new_generation(sql, config.identity, config.embedding_dim,
                                                      "building")
             todo = Database.records_without_vector(sql, generation)
-        items = [_Item(Path(layout.resolved_path(self.folder, r.path)), r.person, r, reembed=True)
-                 for r in todo]
+        items = [PendingFile(as_source(layout.resolved_path(self.folder, r.path)), r.person, r,
+                             reembed=True) for r in todo]
         random.Random(0).shuffle(items)  # the new index trains on a sample that covers everyone
 
-        def commit_vectors(outcomes: list[_Read], vectors: np.ndarray | None) -> None:
+        def commit_vectors(outcomes: list[FileOutcome], vectors: np.ndarray | None) -> None:
             embedded = [o for o in outcomes if o.embedded]
             with self.database.writing() as sql:
                 if embedded:
@@ -215,10 +199,10 @@ class Writer:
         at the last re-embed): embedded now if they can be, kept and reported otherwise."""
         with self.database.reading() as sql:
             todo = Database.records_without_vector(sql, generation)
-        items = [_Item(Path(layout.resolved_path(self.folder, r.path)), r.person, r, reembed=True)
-                 for r in todo]
+        items = [PendingFile(as_source(layout.resolved_path(self.folder, r.path)), r.person, r,
+                             reembed=True) for r in todo]
 
-        def commit_vectors(outcomes: list[_Read], vectors: np.ndarray | None) -> None:
+        def commit_vectors(outcomes: list[FileOutcome], vectors: np.ndarray | None) -> None:
             embedded = [o for o in outcomes if o.embedded]
             if not embedded:
                 return
@@ -236,7 +220,7 @@ class Writer:
         self._embed(items, commit_vectors)
 
     @staticmethod
-    def _note_new_content(sql, embedded: list["_Read"]) -> None:
+    def _note_new_content(sql, embedded: list["FileOutcome"]) -> None:
         for outcome in embedded:
             if outcome.sha256 != outcome.old.sha256:
                 Database.update_file(sql, outcome.old.id, sha256=outcome.sha256,
@@ -249,6 +233,15 @@ class Writer:
         with self.database.reading() as sql:
             count = len(Database.vector_ids(sql, generation))
             records = Database.count(sql)
+        if records and count < records / 2:
+            # Most files unreadable is a gallery out of reach (an unmounted disk, a bucket this
+            # machine cannot read), not a gallery gone: keep the old index answering.
+            first = (f" (first: {self.report.skipped[0][0]}: {self.report.skipped[0][1]})"
+                     if self.report.skipped else "")
+            raise StoreError(
+                f"only {count} of {records} records could be re-embedded with the new model"
+                f"{first}; the old index keeps answering. Make the photos readable here (or "
+                "build on a cluster that reads them, --ray) and run `facerank index build` again")
         plan = choose_index(count, self.model.config.embedding_dim)
         index_file = self.engine.build_index_file(self.folder, self.database, generation, plan,
                                                   watermark)
@@ -292,8 +285,7 @@ class Writer:
     def rebuild(self, plan: IndexPlan, *, chosen_for: int | None = None) -> None:
         """A new base index of ``plan``'s kind holding every vector, switched to atomically."""
         snapshot = self.snapshot
-        # Everything committed, published or not (see ``deferred``): we hold the lock.
-        with self.database.reading() as sql:
+        with self.database.reading() as sql:  # we hold the lock: nothing commits meanwhile
             watermark = Database.last_change(sql)
         index_file = self.engine.build_index_file(self.folder, self.database,
                                                   snapshot.generation, plan, watermark)
@@ -336,7 +328,7 @@ class Writer:
     def moved_files(self) -> "_MovedFiles":
         return _MovedFiles(self.folder, self.database, self.engine.exists)
 
-    def _claim(self, outcome: "_Read", moved: "_MovedFiles | None") -> "_Read":
+    def _claim(self, outcome: "FileOutcome", moved: "_MovedFiles | None") -> "FileOutcome":
         """A file found to be a moved record is that record, unless another file of the same
         content claimed it first: then it is read and embedded as a new one."""
         if outcome.moved is None:
@@ -345,7 +337,8 @@ class Writer:
             return outcome
         return _read_file(replace(outcome.item, moved_ok=False), self.faces, None)
 
-    def _note(self, outcome: "_Read") -> None:
+    def note(self, outcome: "FileOutcome") -> None:
+        """Count a file's outcome in the report: no face, several faces, skipped and why."""
         report = self.report
         if self.faces.step.enabled and outcome.faces_found == 0 and (
                 outcome.embedded or outcome.skipped == NO_FACE):
@@ -360,9 +353,8 @@ class Engine(Protocol):
     """Where a write's embedding and index building run (see ``LocalEngine``)."""
 
     commit_every: int   # most images per transaction
-    defers_index: bool  # index everything once at the end (``Writer.deferred``)
 
-    def embed(self, writer: Writer, items: list["_Item"], commit: Callable, *,
+    def embed(self, writer: Writer, items: list["PendingFile"], commit: Callable, *,
               find_moved: bool = False) -> None: ...
 
     def scan(self, gallery: str | Path) -> Gallery: ...
@@ -380,16 +372,24 @@ class LocalEngine:
 
     An engine has ``embed`` (read, find faces and embed items, calling ``commit`` per batch) and
     ``build_index_file`` (``build_index_file``'s signature); ``facerank.scale`` has one that runs
-    on a Ray cluster. ``defers_index``: the engine's additions are indexed once at the end.
+    on a Ray cluster.
     """
 
     commit_every = COMMIT_EVERY
-    defers_index = False
     scan = staticmethod(scan_gallery)
-    stat = staticmethod(os.stat)
-    exists = staticmethod(os.path.exists)
 
-    def embed(self, writer: Writer, items: list["_Item"], commit: Callable, *,
+    @staticmethod
+    def stat(path: str | Path) -> os.stat_result:
+        if is_uri(path):  # no cheap stat: the content decides (read and hashed again)
+            raise OSError(f"{path}: not a local file")
+        return os.stat(path)
+
+    @staticmethod
+    def exists(path: str) -> bool:
+        # A URI cannot be checked here cheaply: taken to exist, so no moved file claims it.
+        return True if is_uri(path) else os.path.exists(path)
+
+    def embed(self, writer: Writer, items: list["PendingFile"], commit: Callable, *,
               find_moved: bool = False) -> None:
         """Read, find faces and embed ``items`` batch by batch, committing each batch."""
         chunks = [items[start:start + writer.batch]
@@ -412,7 +412,7 @@ class LocalEngine:
                     upcoming = read_ahead(chunks[number + 1])
                 outcomes = [writer._claim(outcome, moved) for outcome in outcomes]
                 for outcome in outcomes:
-                    writer._note(outcome)
+                    writer.note(outcome)
                 images = [o.image for o in outcomes if o.image is not None]
                 vectors = writer.model.embed(images, batch_size=writer.batch) if images else None
                 commit(outcomes, vectors)
@@ -463,8 +463,10 @@ def switch_index(sql, folder: Path, index_file: str, watermark: int, factory: st
 
 
 @dataclass(frozen=True)
-class _Item:
-    path: Path
+class PendingFile:
+    """A file a write is to read: where, whose, and the record it may replace."""
+
+    path: Path | str             # a local path, or a URI (facerank.sources)
     person: str
     old: Record | None           # the record at this path, if any
     reembed: bool = False        # embed whatever the file holds now, under the old record's id
@@ -472,10 +474,10 @@ class _Item:
 
 
 @dataclass
-class _Read:
+class FileOutcome:
     """What reading one file gave: an image to embed, an unchanged or moved file, or a skip."""
 
-    item: _Item
+    item: PendingFile
     image: object = None           # a PIL image to embed: the aligned face, or the whole image
     faces_found: int = 0
     sha256: str = ""
@@ -527,24 +529,16 @@ class _MovedFiles:
         return True
 
 
-def _read_file(item: _Item, faces: FaceFinder, moved: _MovedFiles | None) -> _Read:
+def _read_file(item: PendingFile, faces: FaceFinder, moved: _MovedFiles | None) -> FileOutcome:
     """Stat, hash, decode a file and find its face; nothing of the store is changed (this runs
     on a reader thread)."""
-    outcome = _Read(item)
+    outcome = FileOutcome(item)
     try:
-        info = os.stat(item.path)
-        outcome.size, outcome.mtime_ns = info.st_size, info.st_mtime_ns
-        outcome.sha256 = file_sha256(item.path)
-        old = item.old
-        if not item.reembed and old is not None and old.sha256 == outcome.sha256 \
-                and old.person == item.person:
-            outcome.unchanged = True
+        data, outcome.size, outcome.mtime_ns = read_source(item.path)
+        outcome.sha256 = hashlib.sha256(data).hexdigest()
+        if settle_known_content(outcome, moved):
             return outcome
-        if old is None and item.moved_ok and moved is not None:
-            outcome.moved = moved.find(outcome.sha256, item.person)
-            if outcome.moved is not None:
-                return outcome
-        image = load_image(item.path)
+        image = load_image(data)
         found = faces.find(image, key=outcome.sha256)
         outcome.faces_found = len(found)
         inputs = faces.inputs(image, faces=found)
@@ -557,3 +551,18 @@ def _read_file(item: _Item, faces: FaceFinder, moved: _MovedFiles | None) -> _Re
     except OSError as error:
         outcome.skipped = error.strerror or str(error)
     return outcome
+
+
+def settle_known_content(outcome: FileOutcome, moved: _MovedFiles | None) -> bool:
+    """True when the file's content (its sha256, just read) needs no embedding: the same as its
+    record's (only its stat is new), or a record's whose file is gone (that record moved here).
+    Every engine decides so, after hashing and before embedding."""
+    item, old = outcome.item, outcome.item.old
+    if not item.reembed and old is not None and old.sha256 == outcome.sha256 \
+            and old.person == item.person:
+        outcome.unchanged = True
+        return True
+    if old is None and item.moved_ok and moved is not None:
+        outcome.moved = moved.find(outcome.sha256, item.person)
+        return outcome.moved is not None
+    return False

@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from facerank.sources import is_uri
+
 DATABASE_FILE = "store.sqlite"
 UPLOAD_FOLDER = "uploads"
 #: Format 1 (facerank <= 0.x): store.json naming index-<n>.faiss and records-<n>.jsonl.
@@ -32,11 +34,6 @@ def index_file_name(generation: int, watermark: int) -> str:
     """A new index file of ``generation`` holding every change up to ``watermark``; the suffix
     keeps a rebuild at the same watermark from writing over the file queries are reading."""
     return f"index-g{generation}-w{watermark}-{os.urandom(3).hex()}.faiss"
-
-
-def is_uri(path: str | Path) -> bool:
-    """Whether ``path`` names a file elsewhere (``s3://bucket/a.jpg``), kept as it is."""
-    return isinstance(path, str) and "://" in path
 
 
 def absolute(path: str | Path) -> str:
@@ -59,4 +56,5 @@ def resolved_path(folder: Path, stored: str) -> str:
 
 def is_owned(stored: str) -> bool:
     """Whether a record's stored path is a file the store owns (an upload)."""
-    return not os.path.isabs(stored) and not is_uri(stored) and Path(stored).parts[:1] == (UPLOAD_FOLDER,)
+    return (not os.path.isabs(stored) and not is_uri(stored)
+            and Path(stored).parts[:1] == (UPLOAD_FOLDER,))
