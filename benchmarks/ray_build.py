@@ -1,8 +1,10 @@
 """What Ray costs and gives on one machine: a gallery indexed locally and on a local Ray cluster.
 
-    python benchmarks/ray_build.py [--people 40] [--repeats 2]
+    python benchmarks/ray_build.py [--people 40] [--repeats 2]          # ORL, 400 photos
+    python benchmarks/ray_build.py --lfw 2000                           # LFW, 2,000 photos
 
-The same ORL photos (``../shared/data/orl``, 40 people x 10 by default) are indexed into fresh
+The same ORL photos (``../shared/data/orl``, 40 people x 10 by default; or the first ``--lfw N``
+LFW photos, people in name order: 250 x 250 JPEG news photos) are indexed into fresh
 copies of one store, by the local build (``FaceStore.sync_folder``: two reader threads decode
 and find faces while the network embeds) and by ``RayEngine`` with 1 and 2 embedding actors on a
 local Ray cluster of this machine's CPUs. The builds alternate, ``--repeats`` rounds of each,
@@ -12,7 +14,7 @@ per second; Ray's figures include starting its actors (each loads the model), no
 cluster, which is timed apart. The model is the demo store's (the bundled ORL subset, 64 px, one
 epoch from random initialisation): only its cost per photo matters here.
 
-Writes benchmarks/results/ray_build.{json,md}.
+Writes benchmarks/results/ray_build-{orl,lfw}.{json,md}.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 ORL = HERE.parent.parent / "shared" / "data" / "orl"
+LFW = HERE.parent.parent / "shared" / "data" / "lfw" / "images"
 GALLERY = HERE.parent / "examples" / "gallery"
 
 from machine import cpu_model  # noqa: E402
@@ -40,6 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--people", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--lfw", type=int, default=0, help="use the first N LFW photos")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
 
@@ -52,10 +56,21 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="ray-build-"))
     gallery = work / "gallery"
-    people = sorted(ORL.glob("s*"), key=lambda p: int(p.name[1:]))[:args.people]
-    for person in people:
-        shutil.copytree(person, gallery / person.name)
-    photos = sum(1 for _ in gallery.glob("*/*.pgm"))
+    if args.lfw:
+        name, people = "lfw", []
+        for person in sorted(LFW.iterdir()):
+            if sum(1 for _ in gallery.glob("*/*")) >= args.lfw:
+                break
+            shutil.copytree(person, gallery / person.name)
+            people.append(person)
+        for extra in sorted(gallery.glob("*/*"))[args.lfw:]:
+            extra.unlink()
+    else:
+        name = "orl"
+        people = sorted(ORL.glob("s*"), key=lambda p: int(p.name[1:]))[:args.people]
+        for person in people:
+            shutil.copytree(person, gallery / person.name)
+    photos = sum(1 for _ in gallery.glob("*/*"))
     model = work / "model"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -69,24 +84,24 @@ def main() -> None:
             "ray, 2 workers": RayEngine(workers=2)}
     seconds: dict[str, list[float]] = {name: [] for name in ways}
     for round_number in range(args.repeats):
-        for name, engine in ways.items():
-            folder = work / f"store-{round_number}-{len(seconds[name])}-{name[:5]}"
+        for way, engine in ways.items():
+            folder = work / f"store-{round_number}-{len(seconds[way])}-{way[:5]}"
             shutil.copytree(model, folder)
             store = FaceStore.open(folder)
             began = time.perf_counter()
             report = store.sync_folder(gallery, engine=engine)
-            seconds[name].append(time.perf_counter() - began)
+            seconds[way].append(time.perf_counter() - began)
             assert report.added + len(report.skipped) == photos, report
-            print(f"round {round_number + 1}: {name}: {seconds[name][-1]:.1f} s", flush=True)
+            print(f"round {round_number + 1}: {way}: {seconds[way][-1]:.1f} s", flush=True)
             shutil.rmtree(folder)
     ray.shutdown()
     shutil.rmtree(work, ignore_errors=True)
 
     local = statistics.median(seconds["local"])
     rows = []
-    for name, runs in seconds.items():
+    for way, runs in seconds.items():
         median = statistics.median(runs)
-        rows.append({"build": name, "seconds": runs, "median_s": round(median, 2),
+        rows.append({"build": way, "seconds": runs, "median_s": round(median, 2),
                      "photos_per_s": round(photos / median, 1),
                      "time_vs_local": round(median / local, 2)})
     results = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
@@ -94,17 +109,19 @@ def main() -> None:
                "cluster_start_s": round(cluster_start, 1), "repeats": args.repeats,
                "ray_version": ray.__version__, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ray_build.json").write_text(json.dumps(results, indent=2) + "\n")
+    results["gallery"] = name
+    (args.out / f"ray_build-{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [f"# Local build against Ray on one machine ({cpu_model()}, {os.cpu_count()} cores)",
              "",
-             f"{photos} ORL photos of {len(people)} people, 64 px model, face step on; medians "
+             f"{photos} {name.upper()} photos of {len(people)} people, 64 px model, face step "
+             "on; medians "
              f"of {args.repeats} alternating rounds. Ray {ray.__version__}, a local cluster "
              f"(started once: {cluster_start:.1f} s, not counted below). Reproduce: "
              "`python benchmarks/ray_build.py`.", "",
              "| build | median s | photos/s | time vs local |", "|---|---|---|---|"]
     lines += [f"| {r['build']} | {r['median_s']} | {r['photos_per_s']} | "
               f"{r['time_vs_local']}x |" for r in rows]
-    (args.out / "ray_build.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"ray_build-{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

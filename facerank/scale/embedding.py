@@ -22,6 +22,7 @@ import hashlib
 import math
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -121,16 +122,13 @@ class RayEngine:
             [{"path": str(item.path)} for item in items],
             override_num_blocks=max(1, min(len(items), max(math.ceil(len(items) / BLOCK_FILES),
                                                              2 * workers))))
-        embedded = dataset.map_batches(
-            _Embedder, fn_constructor_kwargs={
-                "model": ray.put(_model_files(writer.folder, writer.model.config)),
-                "device": "cuda" if self.gpus_per_worker else "cpu",
-                "runtime": self._runtime(writer), "threads": max(1, int(self.cpus_per_worker)),
-                "filesystem": self._filesystem},
-            batch_size=self.batch_size, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=self.cpus_per_worker,
-            num_gpus=self.gpus_per_worker or None, max_restarts=RETRIES,
-            max_task_retries=RETRIES)
+        # Held here for the whole build: a restarted actor reads it again from the object store.
+        model = ray.put(_model_files(writer.folder, writer.model.config))
+        with warnings.catch_warnings():
+            # Ray 2.60 deprecates passing actor options (the restarts) this way, and has no
+            # other way yet.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            embedded = self._map(dataset, model, writer, workers)
         by_path = {str(item.path): item for item in items}
         seen: set[str] = set()
         moved = writer.moved_files() if find_moved else None
@@ -163,6 +161,20 @@ class RayEngine:
                                        cpus_per_task=self.cpus_per_worker)
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _map(self, dataset, model, writer: Writer, workers: int):
+        import ray.data
+
+        return dataset.map_batches(
+            _Embedder, fn_constructor_kwargs={
+                "model": model,
+                "device": "cuda" if self.gpus_per_worker else "cpu",
+                "runtime": self._runtime(writer), "threads": max(1, int(self.cpus_per_worker)),
+                "filesystem": self._filesystem},
+            batch_size=self.batch_size, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=self.cpus_per_worker,
+            num_gpus=self.gpus_per_worker or None, max_restarts=RETRIES,
+            max_task_retries=RETRIES)
 
     def _pool_size(self, ray) -> int:
         if self.workers:
