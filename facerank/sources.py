@@ -46,7 +46,7 @@ def read_source(path: str | Path, filesystem=None) -> tuple[bytes, int, int]:
     """(content, size, mtime_ns) of a local file or of a URI; ``filesystem``: the one the URI
     was listed with (its options, such as an S3 endpoint, kept). OSError when unreadable."""
     if not is_uri(path):
-        with open(path, "rb") as stream:
+        with Path(path).open("rb") as stream:
             info = os.fstat(stream.fileno())
             return stream.read(), info.st_size, info.st_mtime_ns
     from pyarrow import fs as pafs
