@@ -262,3 +262,24 @@ def test_ray_options_are_checked_before_any_work(trained):
                                           str(trained[0]), *arguments])
         assert result.exit_code == 2, result.output
         assert message in result.output
+
+
+def test_a_gallery_the_workers_cannot_read_stops_the_build_and_says_why(trained, ray_cluster,
+                                                                        tmp_path, monkeypatch):
+    """As on a cluster whose machines do not see the driver's disk: the files are listed here,
+    then gone before the (real) actors read them."""
+    from facerank.errors import GalleryError
+
+    gallery = _orl(tmp_path / "gallery", PEOPLE[:1])
+    store = _fresh_store(trained, tmp_path / "store")
+    listed = RayEngine.scan
+
+    def scan_then_hide(self, folder):
+        found = listed(self, folder)
+        shutil.rmtree(gallery)
+        return found
+
+    monkeypatch.setattr(RayEngine, "scan", scan_then_hide)
+    with pytest.raises(GalleryError, match="could not read any of the first"):
+        store.sync_folder(gallery, engine=RayEngine(workers=1))
+    assert len(store.records) == 0
