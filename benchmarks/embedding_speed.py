@@ -49,8 +49,10 @@ from PIL import Image
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from facerank.images import load_image
-from facerank.model import FaceModel, ModelConfig, build_network, features_and_logits
+from facerank.data.images import load_image
+from facerank.model.torch_model import FaceModel
+from facerank.model.config import ModelConfig
+from facerank.model.network import build_network, features_and_logits
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -397,7 +399,7 @@ def lfw_images(root: Path, count: int) -> list[Path]:
 
 
 def data_path_rows(plan: Plan, orl: list[Path], lfw: list[Path]) -> list[dict]:
-    """ms per image: read + decode (facerank.images) + resize + normalise, on one core."""
+    """ms per image: read + decode (facerank.data.images) + resize + normalise, on one core."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     network, rows = build_network(2), []
@@ -432,7 +434,7 @@ def data_path_rows(plan: Plan, orl: list[Path], lfw: list[Path]) -> list[dict]:
 def end_to_end_rows(plan: Plan, lfw_root: Path, scratch: Path) -> list[dict]:
     """``FaceStore.sync_folder`` over a folder of LFW symlinks: decode, hash, embed, index, save."""
     from facerank.store import FaceStore
-    from facerank.train import preset, train
+    from facerank.training.loop import preset, train
 
     # A tiny trained store (10 ORL people, 1 epoch at 64 px): speed does not depend on how well
     # it is trained. The 224 store is the same weights saved with image_size=224.

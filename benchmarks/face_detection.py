@@ -50,8 +50,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_model  # noqa: E402
 
-from facerank.faces import FaceFinder, FaceStep  # noqa: E402
-from facerank.images import load_image  # noqa: E402
+from facerank.faces.detection import FaceFinder, FaceStep  # noqa: E402
+from facerank.data.images import load_image  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -232,7 +232,7 @@ def detection_parts(photos: list[Image.Image], scene_images: list[Image.Image]) 
     without facerank's upsampling, and the 5-point landmarks per face found."""
     import dlib
 
-    from facerank.faces import landmark_model_path
+    from facerank.faces.detection import landmark_model_path
 
     started = time.perf_counter()
     detector = dlib.get_frontal_face_detector()
@@ -282,7 +282,7 @@ def detection_parts(photos: list[Image.Image], scene_images: list[Image.Image]) 
 
 def train_store(folder: Path) -> float:
     """A tiny store with the HOG face step (speed does not depend on how well it is trained)."""
-    from facerank.train import preset, train
+    from facerank.training.loop import preset, train
 
     started = time.perf_counter()
     with warnings.catch_warnings():

@@ -3,7 +3,7 @@ fine-tune and score on others.
 
     python benchmarks/face_prior.py [--epochs 20] [--rounds 1] [--stages base,lfw-pairs,...]
 
-* ``base``: ``facerank.pretrain`` on the people of ``peopleDevTrain.txt`` only (those with two or
+* ``base``: ``facerank.training.pretrain`` on the people of ``peopleDevTrain.txt`` only (those with two or
   more photos train; 5% of them are held out for the per-epoch pair score). The base is cached in
   ``benchmarks/.cache/face_prior/base`` (not committed: ~95 MB); a rerun reuses it, an
   interrupted one resumes from its checkpoint. ``--rounds 2`` pretrains a second round of
@@ -76,7 +76,7 @@ def stage_base(epochs: int, rounds: int) -> dict:
 
 
 def pretrain_round(corpus: Path, number: int, epochs: int) -> dict:
-    from facerank.pretrain import pretrain, pretrain_recipe
+    from facerank.training.pretrain import pretrain, pretrain_recipe
 
     folder = base_of_round(number)
     weights = "none" if number == 1 else str(base_of_round(number - 1))
@@ -106,10 +106,10 @@ def base_embedder(flip: bool = False):
     """paths → the base's L2-normalised face prints, through the base's own face step."""
     from PIL import ImageOps
 
-    from facerank.base import read_base
-    from facerank.face_cache import DetectionCache, read_file_input
-    from facerank.faces import FaceFinder
-    from facerank.model import FaceModel
+    from facerank.model.base import read_base
+    from facerank.faces.cache import DetectionCache, read_file_input
+    from facerank.faces.detection import FaceFinder
+    from facerank.model.torch_model import FaceModel
 
     state, config = read_base(BASE)
     model = FaceModel.from_backbone(["(none)"], state, "base", image_size=config.image_size,
@@ -128,7 +128,7 @@ def base_embedder(flip: bool = False):
 
 
 def stage_lfw_pairs() -> dict:
-    from facerank.verification import distances, plot_distance_histogram, score_pairs
+    from facerank.quality.verification import distances, plot_distance_histogram, score_pairs
 
     train_pairs, test_pairs = rec.lfw_pairs()
     out = {}
@@ -145,7 +145,7 @@ def stage_lfw_pairs() -> dict:
 
 
 def scored(store: Path, trained) -> dict:
-    from facerank.evaluate import evaluate
+    from facerank.quality.evaluate import evaluate
     from facerank.store import FaceStore
 
     report = evaluate(FaceStore.open(store))
@@ -157,7 +157,7 @@ def scored(store: Path, trained) -> dict:
 
 def from_base(gallery: Path, store: Path, **overrides):
     """``facerank train GALLERY --weights BASE``: the finetune recipe and the base's face step."""
-    from facerank.train import recipe, train
+    from facerank.training.loop import recipe, train
 
     shutil.rmtree(store, ignore_errors=True)
     rec.seed_detections(store)
@@ -167,7 +167,7 @@ def from_base(gallery: Path, store: Path, **overrides):
 def stage_lfw_identification(work: Path, previous: dict) -> dict:
     """From the base, from scratch and HOG + SVM; the last two do not depend on the base and
     are taken from ``previous`` (this stage's last results) where it has them."""
-    from facerank.gallery import scan_gallery, split_gallery
+    from facerank.data.gallery import scan_gallery, split_gallery
 
     people = rec.lfw_people("peopleDevTest.txt", minimum=10)
     gallery = rec.linked_gallery(people, rec.DATA / "lfw" / "images", CACHE / "devtest-gallery")
@@ -189,7 +189,7 @@ def stage_lfw_identification(work: Path, previous: dict) -> dict:
 
 
 def stage_orl(work: Path) -> dict:
-    from facerank.calibrate import calibrate
+    from facerank.quality.calibrate import calibrate
     from facerank.store import FaceStore
 
     out = {}

@@ -33,7 +33,7 @@ import numpy as np
 
 from machine import cpu_model
 
-from facerank.index import FaceIndex, IndexPlan, _choose_nlist, choose_index
+from facerank.search.index import FaceIndex, IndexPlan, _choose_nlist, choose_index
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
@@ -110,8 +110,8 @@ def main() -> None:
 def load_model(args, threads: int):
     import torch
 
-    from facerank.model import FaceModel
-    from facerank.train import preset, train
+    from facerank.model.torch_model import FaceModel
+    from facerank.training.loop import preset, train
 
     torch.set_num_threads(threads)
     folder = args.store or CACHE / "orl-store"

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from facerank.evaluate import evaluate
-from facerank.gallery import scan_gallery, split_gallery
-from facerank.images import load_image
-from facerank.index import FaceIndex
+from facerank.quality.evaluate import evaluate
+from facerank.data.gallery import scan_gallery, split_gallery
+from facerank.data.images import load_image
+from facerank.search.index import FaceIndex
 from facerank.store import FaceStore
-from facerank.train import preset, train
+from facerank.training.loop import preset, train
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ORL = HERE.parent.parent / "shared" / "data" / "orl"

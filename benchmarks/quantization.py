@@ -8,7 +8,7 @@ cosine >= 0.999 between its embeddings and fp32's, the same top-1 identity on th
 split, and top-10 neighbours agreeing >= 99%. This CPU has AVX-512 VNNI (int8 dot products) but
 no AMX, so bf16 is emulated and slower (see embedding_speed.md): int8 is the candidate here.
 
-Quantisation: ``facerank.precision.quantise``, what ``facerank precision int8`` runs: ONNX
+Quantisation: ``facerank.model.precision.quantise``, what ``facerank precision int8`` runs: ONNX
 Runtime's static QDQ quantiser (``quant_pre_process`` first, then
 ``quantize_static``), int8 weights per output channel, uint8 activations, ranges calibrated on
 the store's *training* images (the held-out ones only ever score). Variants: min/max or
@@ -60,8 +60,8 @@ def main() -> None:
     args = parser.parse_args()
 
     store = args.store or trained_store()
-    from facerank.config import read_config
-    from facerank.precision import quantise
+    from facerank.model.config import read_config
+    from facerank.model.precision import quantise
 
     config = read_config(store)
     split = json.loads((store / "train" / "split.json").read_text())
@@ -103,7 +103,7 @@ def main() -> None:
 def trained_store() -> Path:
     store = CACHE / "store"
     if not (store / "model.json").exists():
-        from facerank.train import preset, train
+        from facerank.training.loop import preset, train
 
         train(ORL, store, preset("scratch", seed=0), weights="none", show_progress=True)
     return store
@@ -117,8 +117,8 @@ def train_recipe(store: Path) -> dict:
 
 def pixels(paths: list[str], size: int, crop: float) -> np.ndarray:
     """The ONNX model's input: N x 3 x S x S float32 RGB, 0..255 (normalised inside the graph)."""
-    from facerank.config import resize_for_model
-    from facerank.images import load_image
+    from facerank.model.config import resize_for_model
+    from facerank.data.images import load_image
 
     batch = np.stack([resize_for_model(load_image(p), size, crop) for p in paths])
     return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)

@@ -84,7 +84,7 @@ def main() -> None:
     warm_repeats, shell_repeats = (10, 2) if args.quick else (30, 5)
     warnings.simplefilter("ignore", UserWarning)
 
-    from facerank.model import FaceModel
+    from facerank.model.torch_model import FaceModel
     from facerank.store import FaceStore
 
     python = sys.executable

@@ -52,7 +52,7 @@ def main() -> None:
     from facerank.scale import RayEngine
     from facerank.scale.cluster import connect
     from facerank.store import FaceStore
-    from facerank.train import preset, train
+    from facerank.training.loop import preset, train
 
     work = Path(tempfile.mkdtemp(prefix="ray-build-"))
     gallery = work / "gallery"

@@ -11,7 +11,7 @@ face-trained peer ``face_recognition`` (dlib), on the very same splits and pairs
 * LFW View 1: a model trained only on the people of ``peopleDevTrain.txt``; verification on
   ``pairsDevTest.txt`` at the threshold chosen on ``pairsDevTrain.txt``, ROC AUC, true-accept
   rate at 1% false accepts. Identification on the people with >= 10 images, 70/30.
-* With and without the face step (``facerank.faces``: dlib's HOG detector, the largest face
+* With and without the face step (``facerank.faces.detection``: dlib's HOG detector, the largest face
   aligned on its 5 landmarks): facerank's recipes trained with ``faces="dlib-hog"`` (``*-faces``
   cells) beside the same recipes on whole images (``faces="none"``), and the classical baselines
   on aligned 112 px chips (``*-aligned`` cells) beside the same baselines on whole photos.
@@ -76,7 +76,7 @@ UNKNOWN_SHARE = 0.3     # of ORL's people, never enrolled in the unknown-people 
 def recipe(name: str, seed: int, **overrides):
     """facerank's recipes by benchmark name (``default`` is what ``facerank train`` picks
     without ImageNet weights)."""
-    from facerank.train import preset
+    from facerank.training.loop import preset
 
     names = {"default": "scratch", "cosface": "scratch", "sgd": "sgd", "freeze": "freeze"}
     extra = {"cosface": dict(loss="cosface", margin=0.2, label_smoothing=0.0),
@@ -87,7 +87,7 @@ def recipe(name: str, seed: int, **overrides):
 # -- data ----------------------------------------------------------------------------------------
 
 def orl_split(seed: int):
-    from facerank.gallery import scan_gallery, split_gallery
+    from facerank.data.gallery import scan_gallery, split_gallery
 
     return split_gallery(scan_gallery(DATA / "orl"), test_fraction=0.3, seed=seed)
 
@@ -115,7 +115,7 @@ def lfw_identification_people() -> list[str]:
 def load_images(paths, crop: float = 1.0):
     """Decoded RGB images; with ``crop`` < 1 only their centred square (for the baselines,
     which see what facerank's ``crop`` setting shows the network)."""
-    from facerank.images import load_image
+    from facerank.data.images import load_image
 
     images = [load_image(p) for p in paths]
     if crop < 1.0:
@@ -124,7 +124,7 @@ def load_images(paths, crop: float = 1.0):
 
 
 def _center_crop(image, crop: float):
-    from facerank.config import centre_square
+    from facerank.model.config import centre_square
 
     return image.crop(tuple(round(x) for x in centre_square(*image.size, crop)))
 
@@ -134,7 +134,7 @@ def _center_crop(image, crop: float):
 def face_step():
     """The benchmark's face step: dlib's HOG detector, the largest face aligned on its 5
     landmarks; a photo without a face is used whole (dlib misses ~3% of ORL's tight crops)."""
-    from facerank.faces import FaceStep
+    from facerank.faces.detection import FaceStep
 
     return FaceStep(detector="dlib-hog", no_face="whole")
 
@@ -144,8 +144,8 @@ def aligned_images(paths, size: int = CHIP) -> tuple[list, int]:
     found), exactly as facerank's face step feeds its network; and how many had a face."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from facerank.face_cache import DetectionCache, read_file_input
-    from facerank.faces import FaceFinder
+    from facerank.faces.cache import DetectionCache, read_file_input
+    from facerank.faces.detection import FaceFinder
 
     finder = FaceFinder(face_step(), size=size, cache=DetectionCache(DETECTIONS))
     with ThreadPoolExecutor(2) as pool:  # dlib releases the GIL: detect on both cores
@@ -173,7 +173,7 @@ def keep_detections(store: Path) -> None:
     """Add what a store's face step detected to the benchmark's shared cache."""
     import sqlite3
 
-    from facerank.face_cache import DetectionCache
+    from facerank.faces.cache import DetectionCache
 
     if not (store / "faces.sqlite").exists():
         return
@@ -282,7 +282,7 @@ def peer_encodings(images) -> tuple[np.ndarray, int]:
 
 
 def nearest_neighbour(train_vectors, train_people, test_vectors) -> list[str]:
-    from facerank.index import FaceIndex
+    from facerank.search.index import FaceIndex
 
     index = FaceIndex(train_vectors.shape[1])
     index.add(np.arange(len(train_vectors)), np.ascontiguousarray(train_vectors, np.float32))
@@ -300,9 +300,9 @@ def train_and_evaluate(gallery: Path, config, store: Path, plots_prefix: str | N
                        confusion: bool = True, *, faces) -> dict:
     """Train from random initialisation and score the held-out split. ``faces``: ``"none"``
     (the whole image, as every cell before the face step) or a ``FaceStep``."""
-    from facerank.evaluate import evaluate
+    from facerank.quality.evaluate import evaluate
     from facerank.store import FaceStore
-    from facerank.train import train
+    from facerank.training.loop import train
 
     with_faces = faces != "none"
     if with_faces:
@@ -344,7 +344,7 @@ def cell_orl_baselines(seed: int, work: Path) -> dict:
 
 def cell_orl_peer(work: Path) -> dict:
     """The peer on every seed's split; each photo is encoded once."""
-    from facerank.gallery import scan_gallery
+    from facerank.data.gallery import scan_gallery
 
     started = time.perf_counter()
     paths = [i.path for i in scan_gallery(DATA / "orl").images]
@@ -412,7 +412,7 @@ def cell_orl_tune(setting: str, work: Path) -> dict:
 
 def cell_orl_unknown(seed: int, work: Path) -> dict:
     """Enrol 70% of ORL's people; strangers are the rest, never seen in training."""
-    from facerank.calibrate import calibrate
+    from facerank.quality.calibrate import calibrate
     from facerank.store import FaceStore
 
     people = sorted(p.name for p in (DATA / "orl").iterdir() if p.is_dir())
@@ -445,7 +445,7 @@ def cell_orl_unknown(seed: int, work: Path) -> dict:
 
 
 def lfw_pairs():
-    from facerank.verification import read_pairs
+    from facerank.quality.verification import read_pairs
 
     root = DATA / "lfw" / "images"
     return (read_pairs(DATA / "lfw" / "pairsDevTrain.txt", root),
@@ -453,7 +453,7 @@ def lfw_pairs():
 
 
 def verification_result(embed, name: str, plot: bool) -> dict:
-    from facerank.verification import distances, plot_distance_histogram, score_pairs
+    from facerank.quality.verification import distances, plot_distance_histogram, score_pairs
 
     train_pairs, test_pairs = lfw_pairs()
     d_train, d_test = distances(embed, train_pairs), distances(embed, test_pairs)
@@ -510,7 +510,7 @@ PEER_TOLERANCE = 0.6
 def cell_lfw_peer_verification(work: Path) -> dict:
     """The peer on the test pairs at its own documented threshold (encoding the 2,200 training
     pairs as well would cost ~20 more CPU-minutes at ~4 photos/s for a threshold it documents)."""
-    from facerank.verification import distances, plot_distance_histogram, score_at
+    from facerank.quality.verification import distances, plot_distance_histogram, score_at
 
     started = time.perf_counter()
     _, test_pairs = lfw_pairs()
@@ -533,7 +533,7 @@ def cell_lfw_verification(work: Path, epochs: int, faces: bool = False) -> dict:
     """A CosFace model (a margin separates people never trained on) on DevTrain's 1,184 people
     with two or more photos (6,671); scored on pairs of DevTest's people, never seen. With
     ``faces``, trained and queried through the face step (and without the centre crop)."""
-    from facerank.face_cache import read_file_input
+    from facerank.faces.cache import read_file_input
     from facerank.store import FaceStore
 
     gallery = linked_gallery(lfw_people("peopleDevTrain.txt", minimum=2),
@@ -570,7 +570,7 @@ def cell_lfw_verification(work: Path, epochs: int, faces: bool = False) -> dict:
 
 
 def lfw_identification_split():
-    from facerank.gallery import scan_gallery, split_gallery
+    from facerank.data.gallery import scan_gallery, split_gallery
 
     gallery = linked_gallery(lfw_identification_people(), DATA / "lfw" / "images",
                              CACHE / "lfw-identification-gallery")
@@ -622,7 +622,7 @@ def scene_backgrounds(rng, count: int) -> list:
     set, shrunk and blurred until no face is left, then enlarged to the scene's size."""
     from PIL import Image, ImageFilter
 
-    from facerank.images import load_image
+    from facerank.data.images import load_image
 
     known = set(lfw_identification_people())
     root = DATA / "lfw" / "images"
@@ -645,7 +645,7 @@ def make_scenes(faces: list[tuple[str, str]], source: str, count: int = SCENES,
     """
     from PIL import Image
 
-    from facerank.images import load_image
+    from facerank.data.images import load_image
 
     rng = np.random.default_rng(seed)
     backgrounds = scene_backgrounds(rng, count)
@@ -736,9 +736,9 @@ def indexed_store(folder: Path):
 def whole_image_store(cell: str, gallery: Path, config) -> tuple[Path, dict]:
     """The whole-image model of ``cell`` (the same recipe, seed and split, ``faces="none"``),
     trained again because cells do not keep their models; kept for the next scene run."""
-    from facerank.evaluate import evaluate
+    from facerank.quality.evaluate import evaluate
     from facerank.store import FaceStore
-    from facerank.train import train
+    from facerank.training.loop import train
 
     folder = STORES / f"{cell}-whole"
     marker = folder / "benchmark.json"
@@ -830,7 +830,7 @@ def save_scene_example(scene: dict, answers: list, source: str) -> None:
     look at: written outside the repository, since it is made of the data sets' photos."""
     from PIL import ImageDraw
 
-    from facerank.drawing import draw_faces
+    from facerank.faces.drawing import draw_faces
 
     image = draw_faces(scene["image"], [a.face for a in answers],
                        [a.people[0].person for a in answers])
@@ -1216,7 +1216,7 @@ def tuning_report(done: dict) -> list[str]:
 
 
 def write_report() -> None:
-    from facerank.verification import plot_roc
+    from facerank.quality.verification import plot_roc
 
     done = load_cells()
     PLOTS.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ def free_port() -> int:
 
 def demo_store(folder: Path) -> Path:
     from facerank.store import FaceStore
-    from facerank.train import preset, train
+    from facerank.training.loop import preset, train
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from facerank.evaluate import evaluate
-from facerank.gallery import scan_gallery
+from facerank.quality.evaluate import evaluate
+from facerank.data.gallery import scan_gallery
 from facerank.store import FaceStore
-from facerank.train import preset, train
+from facerank.training.loop import preset, train
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ORL = HERE.parent.parent / "shared" / "data" / "orl"

@@ -45,7 +45,7 @@ def written_bytes() -> int:
 
 
 def demo_model(folder: Path) -> Path:
-    from facerank.train import preset, train
+    from facerank.training.loop import preset, train
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

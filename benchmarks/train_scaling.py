@@ -4,7 +4,7 @@
     python benchmarks/train_scaling.py --sizes 64,112 --workers 2,4
 
 Each row is a real run of the ``scratch`` recipe (batch 32, weights ``none``, whole images, seed
-0) on ORL split 70/30 per person (280 train, 120 held out): ``facerank.train.train`` in this
+0) on ORL split 70/30 per person (280 train, 120 held out): ``facerank.training.loop.train`` in this
 process, then ``facerank.scale.train_on_ray`` on a local Ray cluster started here over all the
 machine's cores (each worker gets cores / workers torch threads, as the one process gets them
 all). s/epoch is the median of epochs 2..N on rank 0 (its steps plus scoring the held-out
@@ -31,7 +31,7 @@ import torch
 
 from machine import cpu_model
 
-from facerank.train import preset, train
+from facerank.training.loop import preset, train
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ORL = HERE.parent.parent / "shared" / "data" / "orl"

@@ -47,7 +47,7 @@ import torch
 
 from machine import cpu_model
 
-training = importlib.import_module("facerank.train")  # the module; facerank.train is the function
+from facerank.training import loop as training
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -205,7 +205,7 @@ def main() -> None:
                 if baseline and size == 112 and row.key in ("scratch", "freeze"):
                     rows.append(run(baseline, row, args.orl, workdir, args.weights, "baseline"))
                 rows.append(run(training, row, args.orl, workdir, args.weights, "current"))
-    from facerank.gallery import scan_gallery, split_gallery
+    from facerank.data.gallery import scan_gallery, split_gallery
 
     split = split_gallery(scan_gallery(args.orl), test_fraction=0.3, seed=0)
     notes = []

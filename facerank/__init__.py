@@ -13,8 +13,6 @@ Importing facerank is cheap: torch, FAISS and the model load on first use.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 __version__ = "0.1.0"
 
@@ -23,22 +21,22 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "open": "facerank.api", "closest": "facerank.api", "classify": "facerank.api",
     "embed": "facerank.api", "identify": "facerank.api",
-    "FaceAnswer": "facerank.store", "Face": "facerank.faces", "FaceStep": "facerank.faces",
-    "draw_faces": "facerank.drawing", "NoFaceError": "facerank.errors",
+    "FaceAnswer": "facerank.store", "PhotoAnswer": "facerank.store", "Face": "facerank.faces.detection", "FaceStep": "facerank.faces.detection",
+    "draw_faces": "facerank.faces.drawing", "NoFaceError": "facerank.errors",
     "default_store_path": "facerank.api",
     "FaceStore": "facerank.store", "Match": "facerank.store", "Prediction": "facerank.store",
     "ChangeReport": "facerank.store", "Record": "facerank.store",
-    "Verification": "facerank.store", "calibrate": "facerank.calibrate",
-    "Calibration": "facerank.calibrate", "diagnose": "facerank.doctor",
-    "FaceModel": "facerank.model", "ModelConfig": "facerank.config",
-    "FaceIndex": "facerank.index",
-    "TrainConfig": "facerank.train", "PRESETS": "facerank.train", "preset": "facerank.train",
-    "train": "facerank.train", "TrainResult": "facerank.train", "recipe": "facerank.train",
-    "pretrain_recipe": "facerank.pretrain", "PretrainResult": "facerank.pretrain",
-    "BaseConfig": "facerank.base", "read_base": "facerank.base",
-    "evaluate": "facerank.evaluate", "Evaluation": "facerank.evaluate",
-    "scan_gallery": "facerank.gallery", "split_gallery": "facerank.gallery",
-    "load_image": "facerank.images",
+    "Verification": "facerank.store", "calibrate": "facerank.quality.calibrate",
+    "Calibration": "facerank.quality.calibrate", "diagnose": "facerank.quality.doctor",
+    "FaceModel": "facerank.model.torch_model", "ModelConfig": "facerank.model.config",
+    "FaceIndex": "facerank.search.index",
+    "TrainConfig": "facerank.training.loop", "PRESETS": "facerank.training.loop", "preset": "facerank.training.loop",
+    "train": "facerank.training.loop", "TrainResult": "facerank.training.loop", "recipe": "facerank.training.loop",
+    "pretrain_recipe": "facerank.training.pretrain", "PretrainResult": "facerank.training.pretrain",
+    "BaseConfig": "facerank.model.base", "read_base": "facerank.model.base",
+    "evaluate": "facerank.quality.evaluate", "Evaluation": "facerank.quality.evaluate",
+    "scan_gallery": "facerank.data.gallery", "split_gallery": "facerank.data.gallery",
+    "load_image": "facerank.data.images",
     "FacerankError": "facerank.errors", "ImageError": "facerank.errors",
     "GalleryError": "facerank.errors", "StoreError": "facerank.errors",
     "StoreMismatchError": "facerank.errors", "StoreLockedError": "facerank.errors",
@@ -65,18 +63,3 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(_EXPORTS) + ["__version__"]
-
-
-class _Package(types.ModuleType):
-    """``facerank`` itself. Importing a submodule sets it as an attribute of its package, so
-    ``import facerank.train`` (done by facerank's own modules) would turn the exported function
-    ``facerank.train`` into the module of the same name; this keeps the function. The modules
-    stay importable by name: ``from facerank.train import recipe``."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == value.__name__:
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -14,9 +14,9 @@ from typing import Sequence
 
 import numpy as np
 
-from facerank.images import ImageInput
+from facerank.data.images import ImageInput
 from facerank.store import FaceAnswer, FaceStore, Match, Prediction
-from facerank.config import CONFIG_FILE
+from facerank.model.config import CONFIG_FILE
 
 DEFAULT_STORE = "facerank-store"
 _cache: dict[str, tuple[tuple, FaceStore]] = {}

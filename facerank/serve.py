@@ -44,7 +44,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facerank import __version__, atomic
 from facerank.errors import FacerankError, ImageError, NoFaceError, StoreLockedError
-from facerank.images import load_image
+from facerank.data.images import load_image
 from facerank.store import FaceAnswer, FaceStore, Match
 from facerank.store.layout import UPLOAD_FOLDER
 

@@ -55,7 +55,7 @@ def parse_latency(text: str | float) -> float:
 
 
 def format_size(size: int) -> str:
-    """``4.00 GiB``, ``79.7 MiB``: as ``facerank.index`` reports memory."""
+    """``4.00 GiB``, ``79.7 MiB``: as ``facerank.search.index`` reports memory."""
     if size >= 2**40:
         return f"{size / 2**40:.2f} TiB"
     return f"{size / 2**30:.2f} GiB" if size >= 2**29 else f"{size / 2**20:.1f} MiB"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from facerank.store import FaceStore
-from facerank.train import preset, train
+from facerank.training.loop import preset, train
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_GALLERY = REPO / "examples" / "gallery"

@@ -17,7 +17,7 @@ def test_module_functions_use_the_default_store(store_copy, monkeypatch):
 
 
 def test_a_cached_store_sees_changes_made_on_disk(store_copy):
-    from facerank.model import FaceModel
+    from facerank.model.torch_model import FaceModel
 
     store, gallery = store_copy
     first = facerank.open(store.folder)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from facerank.calibrate import calibrate
+from facerank.quality.calibrate import calibrate
 from facerank.cli.app import app
-from facerank.model import FaceModel
+from facerank.model.torch_model import FaceModel
 from facerank.store import FaceStore
 
 from conftest import EXAMPLE_GALLERY

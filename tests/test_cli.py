@@ -126,19 +126,22 @@ def test_a_star_import_keeps_the_builtin_open_and_does_not_import_torch():
     assert out.stdout.split() == ["True", "False", "True"], out.stderr
 
 
-@pytest.mark.parametrize("module", ["calibrate", "evaluate", "precision", "doctor"])
+@pytest.mark.parametrize("module", ["quality.calibrate", "quality.evaluate", "model.precision",
+                                    "quality.doctor"])
 def test_quality_modules_do_not_import_training_or_torch(module):
-    # They read the saved split (facerank.gallery), not the training code, to know the photos.
+    # They read the saved split (facerank.data.gallery), not the training code, to know the photos.
     code = (f"import sys, facerank.{module}; "
-            "print('torch' in sys.modules, 'facerank.train' in sys.modules)")
+            "print('torch' in sys.modules, 'facerank.training.loop' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"], out.stderr
 
 
 def test_exported_functions_stay_functions_after_their_modules_are_imported():
-    # facerank.train (the function) and facerank/train.py (the module) share a name.
-    code = ("import facerank, facerank.pretrain, facerank.evaluate, facerank.calibrate\n"
-            "from facerank.train import recipe\n"
+    # Importing the modules that define facerank.train / evaluate / calibrate leaves the
+    # exported names the functions.
+    code = ("import facerank, facerank.training.pretrain, facerank.quality.evaluate, "
+            "facerank.quality.calibrate\n"
+            "from facerank.training.loop import recipe\n"
             "print(*(callable(f) and not hasattr(f, '__path__') and type(f).__name__"
             " for f in (facerank.train, facerank.evaluate, facerank.calibrate)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from facerank.doctor import diagnose
-from facerank.evaluate import evaluate
-from facerank.images import MAX_PIXELS
+from facerank.quality.doctor import diagnose
+from facerank.quality.evaluate import evaluate
+from facerank.data.images import MAX_PIXELS
 from facerank.store import FaceStore
-from facerank.train import preset, train
+from facerank.training.loop import preset, train
 
 from conftest import EXAMPLE_GALLERY
 

@@ -220,7 +220,7 @@ def write_format_1(folder: Path, *, next_id: int | None = None) -> set[tuple[int
     """Turn a store into the format facerank wrote before its database (store.json naming an
     index file and a records file), as a user upgrading would have it; returns its (id, path)s."""
 
-    from facerank.index import FaceIndex
+    from facerank.search.index import FaceIndex
     from facerank.store.database import Database
 
     store = FaceStore.open(folder)
@@ -265,7 +265,7 @@ def test_a_format_1_store_is_migrated_on_first_open(store_copy):
 PREPARE = {
     # Retrained: every record is re-embedded by the new model, beside the old vectors.
     "reembed": """
-        from facerank.model import FaceModel
+        from facerank.model.torch_model import FaceModel
         model = FaceModel.load(folder)
         model.network.fc.bias.data += 1.0
         model.save(folder)
@@ -278,12 +278,12 @@ PREPARE = {
 OPERATION = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    import facerank.index
+    import facerank.search.index
     from facerank.store import FaceStore
     folder, gallery, operation = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     if operation == "index kind":
-        facerank.index.EXACT_MAX_FLOATS = 20 * 2048
-        facerank.index.TRAIN_PER_LIST = 4
+        facerank.search.index.EXACT_MAX_FLOATS = 20 * 2048
+        facerank.search.index.TRAIN_PER_LIST = 4
     print("started", flush=True)
     store = FaceStore.open(folder)
     if operation == "compaction":
@@ -361,7 +361,7 @@ def _records(folder: Path):
 
 
 def test_queries_keep_answering_from_the_old_model_during_a_reembed(store_copy):
-    from facerank.model import FaceModel
+    from facerank.model.torch_model import FaceModel
 
     store, gallery = store_copy
     probe = str(gallery / "s2" / "1.pgm")
@@ -393,7 +393,7 @@ def test_queries_keep_answering_from_the_old_model_during_a_reembed(store_copy):
 
 TRAIN = textwrap.dedent("""
     import sys
-    from facerank.train import preset, train
+    from facerank.training.loop import preset, train
     train(sys.argv[1], sys.argv[2], preset("scratch", image_size=32, epochs=2, batch_size=8),
           weights="none", faces="none")
     print("trained", flush=True)
@@ -442,7 +442,7 @@ def test_precision_is_set_while_another_process_indexes(store_copy, tmp_path):
             FaceStore.open({str(store.folder)!r}, lock_wait=None).sync_folder({str(extra)!r},
                                                                              commit_every=2)
     """)], stderr=subprocess.PIPE, text=True)
-    from facerank.precision import set_precision
+    from facerank.model.precision import set_precision
 
     config = set_precision(store.folder, "int8", samples=20)
     _, err = indexer.communicate()

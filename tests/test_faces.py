@@ -15,13 +15,14 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from facerank.cli.app import NO_FACE_EXIT, app
-from facerank.config import CONFIG_FILE, read_config
+from facerank.cli.app import app
+from facerank.cli.common import NO_FACE_EXIT
+from facerank.model.config import CONFIG_FILE, read_config
 from facerank.errors import NoFaceError, StoreMismatchError
-from facerank.face_cache import CACHE_FILE
-from facerank.faces import (DETECTORS, Face, FaceFinder, FaceStep, align, face_step,
+from facerank.faces.cache import CACHE_FILE
+from facerank.faces.detection import (DETECTORS, Face, FaceFinder, FaceStep, align, face_step,
                             landmark_model_path, register_detector)
-from facerank.images import load_image
+from facerank.data.images import load_image
 from facerank.store import FaceStore
 
 from conftest import EXAMPLE_GALLERY

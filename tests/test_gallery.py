@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from facerank.errors import GalleryError, StoreError
-from facerank.gallery import scan_gallery, split_gallery
+from facerank.data.gallery import scan_gallery, split_gallery
 
 
 def _make(root, layout: dict[str, int]):
@@ -60,7 +60,7 @@ def test_split_rejects_bad_fraction(tmp_path):
 
 def test_saved_split_paths_are_absolute_so_other_directories_can_read_them(tmp_path,
                                                                           monkeypatch):
-    from facerank.gallery import GalleryImage, read_split, write_split
+    from facerank.data.gallery import GalleryImage, read_split, write_split
 
     (tmp_path / "photos" / "ada").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)

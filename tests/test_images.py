@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
 from facerank.errors import ImageError
-from facerank.images import MAX_PIXELS, load_image
+from facerank.data.images import MAX_PIXELS, load_image
 
 
 def _picture(mode="RGB", size=(40, 30)) -> Image.Image:

@@ -9,8 +9,8 @@ import faiss
 import numpy as np
 import pytest
 
-from facerank import index as index_module
-from facerank.index import FaceIndex, IndexPlan, choose_index
+from facerank.search import index as index_module
+from facerank.search.index import FaceIndex, IndexPlan, choose_index
 
 
 @pytest.fixture

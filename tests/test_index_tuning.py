@@ -10,9 +10,9 @@ import pytest
 from faiss.contrib.evaluation import knn_intersection_measure
 from typer.testing import CliRunner
 
-from cli.app import app
-from facerank.index import FaceIndex
-from facerank.index_tuning import _exact_ids, tune
+from facerank.cli.app import app
+from facerank.search.index import FaceIndex
+from facerank.search.tuning import _exact_ids, tune
 from facerank.scale.plan import measured_costs, plan_scale
 from facerank.store import FaceStore
 from facerank.store.database import Database

@@ -11,10 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from facerank.cli.app import app
-from facerank.config import read_config
+from facerank.model.config import read_config
 from facerank.errors import StoreMismatchError
-from facerank.precision import set_precision
-from facerank.runtime import load_model
+from facerank.model.precision import set_precision
+from facerank.model.runtime import load_model
 from facerank.store import FaceStore
 
 pytest.importorskip("onnxruntime")
@@ -76,7 +76,7 @@ def test_int8_runs_on_onnxruntime_only_and_a_tampered_file_is_refused(trained, t
 
 
 def test_saving_new_weights_goes_back_to_fp32_and_drops_the_old_int8_file(trained, tmp_path):
-    from facerank.model import FaceModel
+    from facerank.model.torch_model import FaceModel
 
     folder = tmp_path / "store"
     shutil.copytree(trained[0], folder)

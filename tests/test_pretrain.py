@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import app
-from facerank.base import BASE_CONFIG, base_folder, read_base, read_base_config
-from facerank.config import read_config
+from facerank.cli.app import app
+from facerank.model.base import BASE_CONFIG, base_folder, read_base, read_base_config
+from facerank.model.config import read_config
 from facerank.errors import StoreError, StoreMismatchError
-from facerank.model import load_backbone_weights
-from facerank.faces import dlib_available
-from facerank.pretrain import pretrain, pretrain_recipe
-from facerank.train import parameter_groups, preset, recipe
+from facerank.model.network import load_backbone_weights
+from facerank.faces.detection import dlib_available
+from facerank.training.pretrain import pretrain, pretrain_recipe
+from facerank.training.loop import parameter_groups, preset, recipe
 
 ORL = Path(__file__).resolve().parents[2] / "shared" / "data" / "orl"
 CORPUS_PEOPLE = [f"s{i}" for i in range(11, 31)]  # the 5 fine-tuned on are s1-s5
@@ -162,7 +162,7 @@ def test_finetune_recipe_is_picked_for_a_base_and_trains_the_backbone_slower(bas
     # A margin loss asked of a softmax preset gets the margin it needs.
     assert preset("sgd", loss="cosface").margin == 0.2
 
-    from facerank.model import build_network
+    from facerank.model.network import build_network
 
     network = build_network(3, head="cosine")
     groups = parameter_groups(network, config)
@@ -173,7 +173,7 @@ def test_finetune_recipe_is_picked_for_a_base_and_trains_the_backbone_slower(bas
 def test_greyscale_and_colour_augmentation_keep_images_valid():
     import torch
 
-    from facerank.train import augment
+    from facerank.training.loop import augment
 
     torch.manual_seed(0)
     batch = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)

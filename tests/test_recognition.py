@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from facerank.config import ModelConfig, resize_for_model
+from facerank.model.config import ModelConfig, resize_for_model
 from facerank.errors import GalleryError
-from facerank.evaluate import evaluate
-from facerank.model import FaceModel
-from facerank.train import epoch_order, margin_logits, preset, train
-from facerank.verification import (best_threshold, distances, plot_distance_histogram, plot_roc,
+from facerank.quality.evaluate import evaluate
+from facerank.model.torch_model import FaceModel
+from facerank.training.loop import epoch_order, margin_logits, preset, train
+from facerank.quality.verification import (best_threshold, distances, plot_distance_histogram, plot_roc,
                                    read_pairs, score_pairs, tar_at_far)
 
 from conftest import copy_gallery
@@ -87,7 +87,7 @@ def test_margin_head_learns_real_faces_and_survives_save_and_load(tmp_path, loss
     again = FaceModel.load(tmp_path / "store").embed_and_classify(images)
     assert np.array_equal(vectors, again[0]) and np.array_equal(probabilities, again[1])
     assert np.allclose(probabilities.sum(1), 1.0, atol=1e-5)
-    from facerank import onnx_model as onnx
+    from facerank.model import onnx_model as onnx
 
     if onnx.available():  # the cosine head and the crop travel into the ONNX graph too
         ort_vectors, ort_probabilities = onnx.OnnxFaceModel.load(tmp_path / "store") \

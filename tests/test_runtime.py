@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from facerank.config import read_config
-from facerank.images import load_image
-from facerank.runtime import load_model
+from facerank.model.config import read_config
+from facerank.data.images import load_image
+from facerank.model.runtime import load_model
 from facerank.store import FaceStore
 
 pytest.importorskip("onnxruntime")

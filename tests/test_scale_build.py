@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from facerank.cli.app import app
-from facerank.index import FaceIndex, IndexPlan
+from facerank.search.index import FaceIndex, IndexPlan
 from facerank.store import FaceStore
 from facerank.store.database import Database
 from facerank.store.ingest import build_index_file
@@ -238,7 +238,7 @@ def test_a_build_whose_driver_is_killed_resumes_where_it_stopped(trained, ray_cl
 def test_uri_records_stay_searchable_when_the_model_changes(trained, ray_cluster, tmp_path):
     """Records of a URI gallery are re-read through pyarrow by a later write's re-embed, even a
     local one (here: the model switched to int8, then one local photo added)."""
-    from facerank.precision import set_precision
+    from facerank.model.precision import set_precision
 
     gallery = _orl(tmp_path / "gallery", PEOPLE[:2])
     store = _fresh_store(trained, tmp_path / "store")

@@ -9,7 +9,7 @@ import warnings
 import pytest
 
 from facerank.store import FaceStore
-from facerank.train import preset, train
+from facerank.training.loop import preset, train
 
 from conftest import TINY
 

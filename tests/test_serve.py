@@ -18,8 +18,8 @@ from PIL import Image
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from facerank.config import CONFIG_FILE, read_config  # noqa: E402
-from facerank.faces import LANDMARKS  # noqa: E402
+from facerank.model.config import CONFIG_FILE, read_config  # noqa: E402
+from facerank.faces.detection import LANDMARKS  # noqa: E402
 from facerank.serve import create_app  # noqa: E402
 from facerank.store import FaceStore  # noqa: E402
 

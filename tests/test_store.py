@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from facerank.errors import ImageError, StoreError, StoreMismatchError
-from facerank.model import FaceModel
+from facerank.model.torch_model import FaceModel
 from facerank.store import FaceStore
 from facerank.store.database import Database
 
@@ -158,7 +158,7 @@ def test_the_index_kind_follows_the_gallery_size(store_copy, monkeypatch):
     store, gallery = store_copy
     assert store.info()["index_factory"] == "Flat"  # 50 faces: exact search
     # Pretend exact search stops paying off at 20 faces: the 50-face gallery outgrows it.
-    monkeypatch.setattr("facerank.index.EXACT_MAX_FLOATS", 20 * 2048)
+    monkeypatch.setattr("facerank.search.index.EXACT_MAX_FLOATS", 20 * 2048)
     with store.database.writing() as sql:
         Database.set_meta(sql, index_chosen_for=20)
         Database.bump_version(sql)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 
 import json
 import urllib.error
@@ -13,12 +12,14 @@ import pytest
 import torch
 
 from facerank.errors import StoreMismatchError, WeightsUnavailableError
-from facerank.model import FaceModel, build_network, features_and_logits, read_config
-from facerank.train import preset, train
+from facerank.model.torch_model import FaceModel
+from facerank.model.network import build_network, features_and_logits
+from facerank.model.config import read_config
+from facerank.training.loop import preset, train
 
 from conftest import TINY, copy_gallery
 
-training = importlib.import_module("facerank.train")  # the module; facerank.train is the function
+from facerank.training import loop as training
 
 MICRO = dict(image_size=32, epochs=3, batch_size=8)
 

@@ -6,7 +6,7 @@ actor pool; the driver commits the vectors into the store as they stream back.
 
 Each actor holds one copy of the store's model, sent to it through Ray's object store (the
 cluster needs no access to the store's folder) and run by the store's runtime (ONNX Runtime or
-torch, as ``facerank.runtime`` picks; torch on a GPU where ``gpus_per_worker`` asks for one). The
+torch, as ``facerank.model.runtime`` picks; torch on a GPU where ``gpus_per_worker`` asks for one). The
 driver commits every ``commit_every`` results in one transaction, exactly as a local build does:
 records and vectors, files that could not be read or held no face reported in the change report,
 moved files found again by content. A re-run embeds only files not committed yet (the same
@@ -29,15 +29,15 @@ from typing import Callable
 
 import numpy as np
 
-from facerank.config import CONFIG_FILE, read_config
+from facerank.model.config import CONFIG_FILE, read_config
 from facerank.errors import GalleryError, ImageError, StoreError
-from facerank.faces import FaceFinder
-from facerank.gallery import Gallery, GalleryImage, scan_gallery
-from facerank.images import IMAGE_SUFFIXES, load_image
+from facerank.faces.detection import FaceFinder
+from facerank.data.gallery import Gallery, GalleryImage, scan_gallery
+from facerank.data.images import IMAGE_SUFFIXES, load_image
 from facerank.progress import Progress
 from facerank.scale.cluster import connect, import_ray
 from facerank.scale.index_build import SHARD_SIZE, build_index_file_on_ray
-from facerank.sources import is_uri, read_source, split_uri
+from facerank.data.sources import is_uri, read_source, split_uri
 from facerank.store.ingest import (NO_FACE, FileOutcome, PendingFile, Writer,
                                    settle_known_content)
 
@@ -271,7 +271,7 @@ class _Embedder:
     def __init__(self, model, device: str, runtime: str, threads: int, filesystem):
         import ray
 
-        from facerank.runtime import load_model
+        from facerank.model.runtime import load_model
 
         files = ray.get(model) if isinstance(model, ray.ObjectRef) else model
         self._folder = tempfile.TemporaryDirectory(prefix="facerank-model-")

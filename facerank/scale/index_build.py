@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facerank.index import FaceIndex, IndexPlan
+from facerank.search.index import FaceIndex, IndexPlan
 from facerank.store import layout
 from facerank.store.database import Database
 from facerank.store.ingest import build_index_file

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import resources
 
-from facerank.index import choose_index
+from facerank.search.index import choose_index
 
 #: Shards tried before giving up: a budget this small for this many faces is a typo.
 MAX_SHARDS = 1_000_000

@@ -1,4 +1,4 @@
-"""Data-parallel training on Ray Train: ``facerank.train.train`` run as ``workers`` ranks of one
+"""Data-parallel training on Ray Train: ``facerank.training.loop.train`` run as ``workers`` ranks of one
 ``DistributedDataParallel`` group (gloo on CPU, NCCL on GPU), with the same presets, and the
 same store (model, checkpoint, history, curves, split) as local training.
 
@@ -23,9 +23,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from facerank.gallery import TRAIN_FOLDER
+from facerank.data.gallery import TRAIN_FOLDER
 from facerank.scale.cluster import connect
-from facerank.train import TrainConfig, TrainResult, check_workers, recipe
+from facerank.training.loop import TrainConfig, TrainResult, check_workers, recipe
 
 
 def train_on_ray(gallery: str | Path, store: str | Path, config: TrainConfig | None = None, *,
@@ -34,7 +34,7 @@ def train_on_ray(gallery: str | Path, store: str | Path, config: TrainConfig | N
                  **options) -> TrainResult:
     """Train on ``workers`` Ray workers at once and save the model into ``store``.
 
-    ``config`` and ``weights`` are those of ``facerank.train.train``, and so are ``options``
+    ``config`` and ``weights`` are those of ``facerank.training.loop.train``, and so are ``options``
     (``resume``, ``faces``, ``face_model``, ``no_face``, ``allow_base_mismatch``...).
     ``config.batch_size`` is the effective batch, split evenly among the workers (refused when
     it does not divide). ``gpus_per_worker`` > 0 trains on GPUs over NCCL, else on CPUs over
@@ -92,7 +92,7 @@ def _train_one_rank(job: dict) -> None:
     import torch
     from ray.train.torch import get_device
 
-    from facerank.train import train
+    from facerank.training.loop import train
 
     context = ray.train.get_context()
     torch.set_num_threads(job["threads"])

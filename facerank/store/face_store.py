@@ -16,15 +16,15 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from facerank import __version__
-from facerank.config import CONFIG_FILE, read_config
+from facerank.model.config import CONFIG_FILE, read_config
 from facerank.errors import NoFaceError, StoreError, StoreMismatchError
-from facerank.face_cache import face_finder
-from facerank.faces import Face
+from facerank.faces.cache import face_finder
+from facerank.faces.detection import Face
 from facerank.folder_lock import FolderLock
-from facerank.images import ImageInput, describe, is_image_input, load_image
-from facerank.index import DEFAULT_FACTORY, IndexPlan, choose_index
-from facerank.index_tuning import Tuning
-from facerank.runtime import load_model
+from facerank.data.images import ImageInput, describe, is_image_input, load_image
+from facerank.search.index import DEFAULT_FACTORY, IndexPlan, choose_index
+from facerank.search.tuning import Tuning
+from facerank.model.runtime import load_model
 from facerank.store import layout
 from facerank.store.database import Database
 from facerank.store.ingest import COMMIT_EVERY, Engine, LocalEngine, Writer
@@ -69,7 +69,7 @@ class FaceStore:
         """Open a store made by ``facerank train``; the index may still be empty.
 
         ``runtime``: ``"auto"`` (default, or ``$FACERANK_RUNTIME``), ``"onnxruntime"`` or
-        ``"torch"`` — which engine runs the network; see ``facerank.runtime``. ``lock_wait``:
+        ``"torch"`` — which engine runs the network; see ``facerank.model.runtime``. ``lock_wait``:
         seconds a write waits for another writer (None: as long as it takes). A store of an
         older format is migrated on first open.
         """
@@ -393,7 +393,7 @@ class FaceStore:
             return writer.report.deduplicate()
 
     def set_calibration(self, calibration: dict) -> None:
-        """Store a verification threshold (see ``facerank.calibrate``) for the current model."""
+        """Store a verification threshold (see ``facerank.quality.calibrate``) for the current model."""
         with self._writer(False, COMMIT_EVERY) as writer:
             with self.database.writing() as sql:
                 Database.set_meta(sql, calibration={

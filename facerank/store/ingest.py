@@ -22,12 +22,12 @@ from typing import Callable, Protocol
 import numpy as np
 
 from facerank.errors import ImageError, StoreError
-from facerank.faces import FaceFinder
-from facerank.gallery import Gallery, scan_gallery
-from facerank.images import load_image
-from facerank.index import DEFAULT_FACTORY, FaceIndex, IndexPlan, choose_index
+from facerank.faces.detection import FaceFinder
+from facerank.data.gallery import Gallery, scan_gallery
+from facerank.data.images import load_image
+from facerank.search.index import DEFAULT_FACTORY, FaceIndex, IndexPlan, choose_index
 from facerank.progress import Progress
-from facerank.sources import as_source, is_uri, read_source
+from facerank.data.sources import as_source, is_uri, read_source
 from facerank.store import layout
 from facerank.store.database import Database
 from facerank.store.results import ChangeReport, Record
@@ -466,7 +466,7 @@ def switch_index(sql, folder: Path, index_file: str, watermark: int, factory: st
 class PendingFile:
     """A file a write is to read: where, whose, and the record it may replace."""
 
-    path: Path | str             # a local path, or a URI (facerank.sources)
+    path: Path | str             # a local path, or a URI (facerank.data.sources)
     person: str
     old: Record | None           # the record at this path, if any
     reembed: bool = False        # embed whatever the file holds now, under the old record's id

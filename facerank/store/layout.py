@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from facerank.sources import is_uri
+from facerank.data.sources import is_uri
 
 DATABASE_FILE = "store.sqlite"
 UPLOAD_FOLDER = "uploads"

@@ -17,7 +17,7 @@ import numpy as np
 from facerank import __version__
 from facerank.errors import StoreError
 from facerank.folder_lock import FolderLock
-from facerank.index import DEFAULT_FACTORY, FaceIndex, IndexPlan
+from facerank.search.index import DEFAULT_FACTORY, FaceIndex, IndexPlan
 from facerank.store import layout
 from facerank.store.database import SCHEMA_VERSION, Database
 from facerank.store.ingest import READ_CHUNK, build_index_file, switch_index

@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from facerank.faces import Face
+from facerank.faces.detection import Face
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,9 @@ class Match:
     path: str
     id: int
 
+    def to_json(self) -> dict:
+        return asdict(self)
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -44,6 +47,9 @@ class Prediction:
     person: str
     probability: float
 
+    def to_json(self) -> dict:
+        return asdict(self)
+
 
 @dataclass(frozen=True)
 class Verification:
@@ -52,6 +58,9 @@ class Verification:
     distance: float
     threshold: float | None
     same: bool | None
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -73,8 +82,31 @@ class FaceAnswer:
 
     def to_json(self) -> dict:
         return {"face": self.face.to_json() if self.face else None,
-                "people": [asdict(p) for p in self.people],
-                "matches": [asdict(m) for m in self.matches], "unknown": self.unknown}
+                "people": [p.to_json() for p in self.people],
+                "matches": [m.to_json() for m in self.matches], "unknown": self.unknown}
+
+
+@dataclass(frozen=True)
+class PhotoAnswer:
+    """What one photo of a query got: an answer per face (largest first) and the threshold that
+    decided ``unknown``, or the error that stopped it (then ``faces`` is empty).
+
+    The CLI's ``--json`` (a line per photo) and the REST API both answer with its ``to_json``, so
+    the two cannot drift.
+    """
+
+    photo: str
+    faces: list[FaceAnswer]
+    threshold: float | None = None
+    error: str | None = None    # why this photo got no answer (unreadable, not an image, ...)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_json(self) -> dict:
+        return {"photo": self.photo, "faces": [face.to_json() for face in self.faces],
+                "threshold": self.threshold, "error": self.error}
 
 
 @dataclass

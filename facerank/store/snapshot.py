@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 
 from facerank.errors import StoreError
-from facerank.index import DEFAULT_FACTORY, FaceIndex
+from facerank.search.index import DEFAULT_FACTORY, FaceIndex
 from facerank.store.database import Database
 from facerank.store.tuning import load_base
 
@@ -73,7 +73,7 @@ class Delta:
 class Snapshot:
     """One consistent state of a store (see the module's docstring)."""
 
-    model: object                 # a FaceModel or OnnxFaceModel (facerank.runtime)
+    model: object                 # a FaceModel or OnnxFaceModel (facerank.model.runtime)
     faces: object                 # its FaceFinder
     generation: int               # the generation whose vectors these are
     model_identity: str           # the identity of the model that embedded them

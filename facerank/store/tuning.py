@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from facerank.index import FaceIndex
-from facerank.index_tuning import Tuning, tune
+from facerank.search.index import FaceIndex
+from facerank.search.tuning import Tuning, tune
 from facerank.store.database import Database
 
 #: Stored vectors used as queries (each left out of its own answers).

@@ -3,7 +3,7 @@
 A ResNet50 fine-tuned on a few hundred photos of a few dozen people has never learnt what tells
 faces apart. Face models (FaceNet, ArcFace, dlib's) learn it from thousands of identities with a
 margin loss; ``pretrain`` does the same on a face corpus laid out one folder per person, and saves
-the backbone without its head as a *base* (``facerank.base``) that ``train(weights=BASE)``
+the backbone without its head as a *base* (``facerank.model.base``) that ``train(weights=BASE)``
 fine-tunes on a user's own people.
 
 The recipe (``PRETRAIN``): aligned faces through the face step, a CosFace head (margin 0.35,
@@ -33,18 +33,19 @@ import torch
 from torch import nn
 
 from facerank import atomic
-from facerank.base import BaseConfig, save_base
+from facerank.model.base import BaseConfig, save_base
 from facerank.errors import GalleryError
-from facerank.face_cache import DetectionCache
-from facerank.faces import FaceFinder, FaceStep, face_step
-from facerank.gallery import GalleryImage, scan_gallery
-from facerank.model import FaceModel, features_and_logits, load_backbone_weights
+from facerank.faces.cache import DetectionCache
+from facerank.faces.detection import FaceFinder, FaceStep, face_step
+from facerank.data.gallery import GalleryImage, scan_gallery
+from facerank.model.torch_model import FaceModel
+from facerank.model.network import features_and_logits, load_backbone_weights
 from facerank.progress import Progress
-from facerank.train import (FaceCounts, TrainConfig, bf16_is_native, decode_images, epoch_order,
+from facerank.training.loop import (FaceCounts, TrainConfig, bf16_is_native, decode_images, epoch_order,
                             make_optimizer, make_schedule, malloc_keeps_freed_memory,
                             parameter_groups, plot_history, restore_checkpoint, save_checkpoint,
                             set_trainable, train_epoch)
-from facerank.verification import best_threshold
+from facerank.quality.verification import best_threshold
 
 CHECKPOINT = "checkpoint.pt"
 PAIRS_PER_PERSON = 10       # same-person pairs drawn per held-out person, at most

@@ -6,7 +6,7 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw
 
-from facerank.faces import Face
+from facerank.faces.detection import Face
 
 COLOURS = ((46, 204, 113), (52, 152, 219), (231, 76, 60), (241, 196, 15), (155, 89, 182))
 

@@ -8,7 +8,7 @@ fit in memory at once) and single-query latency for each setting, then keeps the
 that reaches a recall target, or the most accurate one within a latency target.
 
 The sweep searches through ``FaceIndex.search`` rather than ``faiss.ParameterSpace.explore``:
-facerank re-ranks refined indexes itself (by id, see ``facerank.index._rerank``), which FAISS's
+facerank re-ranks refined indexes itself (by id, see ``facerank.search.index._rerank``), which FAISS's
 explorer would bypass.
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 from faiss.contrib.evaluation import knn_intersection_measure
 from faiss.contrib.exhaustive_search import knn_ground_truth
 
-from facerank.index import FaceIndex, split_refine
+from facerank.search.index import FaceIndex, split_refine
 
 #: Recall@k wanted when neither a recall nor a latency target is given.
 DEFAULT_TARGET_RECALL = 0.95

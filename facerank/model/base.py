@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from facerank import atomic
-from facerank.config import IMAGENET_MEAN, IMAGENET_STD
+from facerank.model.config import IMAGENET_MEAN, IMAGENET_STD
 from facerank.errors import StoreError, StoreMismatchError
-from facerank.faces import FaceStep
+from facerank.faces.detection import FaceStep
 
 BASE_CONFIG = "base.json"
 BASE_FORMAT = "facerank-base/1"

@@ -408,7 +408,7 @@ class FaceFinder:
     def __init__(self, step: FaceStep, *, size: int, cache=None):
         self.step = step
         self.size = size
-        self.cache = cache  # a facerank.face_cache.DetectionCache, or None
+        self.cache = cache  # a facerank.faces.cache.DetectionCache, or None
         self._idle: list[FaceDetector] = []
         self._loading = 0
         self._changed = threading.Condition()

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from facerank.errors import GalleryError, StoreError
-from facerank.images import IMAGE_SUFFIXES
+from facerank.data.images import IMAGE_SUFFIXES
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,10 @@ from typing import Sequence
 import numpy as np
 
 from facerank import atomic
-from facerank.config import CONFIG_FILE, ModelConfig, read_config, resize_for_model
+from facerank.model.config import CONFIG_FILE, ModelConfig, read_config, resize_for_model
 from facerank.errors import ImageError, StoreError
 from facerank.folder_lock import FolderLock
-from facerank.gallery import SPLIT_FILE, TRAIN_FOLDER, read_split
+from facerank.data.gallery import SPLIT_FILE, TRAIN_FOLDER, read_split
 
 PRECISIONS = ("fp32", "int8")
 # Each calibration image costs one fp32 pass; the benchmark calibrated on ORL's 280 training
@@ -122,7 +122,7 @@ def calibration_pixels(paths: Sequence[str | Path], config: ModelConfig, *,
                        folder: str | Path | None = None) -> np.ndarray:
     """N x 3 x S x S float32 pixels of the images that load, through the model's face step
     (detections cached in ``folder``); unreadable ones are left out."""
-    from facerank.face_cache import face_finder, read_file_input
+    from facerank.faces.cache import face_finder, read_file_input
 
     finder = face_finder(config, folder)
     batch = []

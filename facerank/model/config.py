@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from facerank.errors import StoreError
-from facerank.faces import FaceStep
+from facerank.faces.detection import FaceStep
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,10 +43,10 @@ class ModelConfig:
     onnx_file: str = ""              # the same network exported for ONNX Runtime ("" = none)
     onnx_fingerprint: str = ""       # sha256 of the ONNX file, checked before it is used
     precision: str = "fp32"          # what queries and indexing run in: "fp32" or "int8"
-    int8_file: str = ""              # the ONNX model quantised to int8 (see facerank.precision)
+    int8_file: str = ""              # the ONNX model quantised to int8 (see facerank.model.precision)
     int8_fingerprint: str = ""       # sha256 of that file
     facerank_version: str = ""       # the version that saved it
-    faces: FaceStep = FaceStep()     # how faces are found and aligned first (see facerank.faces)
+    faces: FaceStep = FaceStep()     # how faces are found and aligned first (see facerank.faces.detection)
 
     def to_json(self) -> dict:
         return asdict(self)

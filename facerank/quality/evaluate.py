@@ -15,9 +15,9 @@ import numpy as np
 
 from facerank import atomic
 from facerank.errors import ImageError, StoreError
-from facerank.gallery import SPLIT_FILE, TRAIN_FOLDER, read_split, scan_gallery
-from facerank.face_cache import read_file_input
-from facerank.index import FaceIndex
+from facerank.data.gallery import SPLIT_FILE, TRAIN_FOLDER, read_split, scan_gallery
+from facerank.faces.cache import read_file_input
+from facerank.search.index import FaceIndex
 from facerank.store import FaceStore
 
 

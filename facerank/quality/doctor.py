@@ -19,9 +19,9 @@ import numpy as np
 from PIL import Image
 
 from facerank.errors import ImageError
-from facerank.faces import FaceFinder, face_step
-from facerank.gallery import scan_gallery
-from facerank.images import load_image
+from facerank.faces.detection import FaceFinder, face_step
+from facerank.data.gallery import scan_gallery
+from facerank.data.images import load_image
 
 #: Images smaller than this on a side carry too little face to learn from.
 MIN_SIDE = 24
@@ -146,7 +146,7 @@ def diagnose(gallery: str | Path, *, store=None, min_images: int = 2,
 
 
 def _find_mislabels(report: DoctorReport, readable, store, neighbours: int) -> None:
-    from facerank.index import FaceIndex
+    from facerank.search.index import FaceIndex
 
     # What the network sees of each photo: its face, through the store's own step.
     inputs = [(path, person, store.faces.inputs(image, faces=faces))

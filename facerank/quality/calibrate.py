@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from facerank.errors import ImageError, StoreError
-from facerank.face_cache import read_file_input
-from facerank.gallery import read_split
+from facerank.faces.cache import read_file_input
+from facerank.data.gallery import read_split
 
 #: Pairwise distances grow as n²; beyond this many images a seeded sample is used.
 MAX_IMAGES = 3000

@@ -18,8 +18,8 @@ from pathlib import Path
 from PIL import Image
 
 from facerank.errors import ImageError
-from facerank.faces import Face, FaceFinder
-from facerank.images import load_image
+from facerank.faces.detection import Face, FaceFinder
+from facerank.data.images import load_image
 
 CACHE_FILE = "faces.sqlite"
 

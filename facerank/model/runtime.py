@@ -1,11 +1,11 @@
 """Which engine runs a store's network: ONNX Runtime where it can, torch otherwise.
 
-Both compute the same function (see ``facerank.onnx_model``), so the choice changes speed, not
+Both compute the same function (see ``facerank.model.onnx_model``), so the choice changes speed, not
 answers. ``"auto"`` picks ONNX Runtime when the model was exported with it, ``onnxruntime`` is
 installed and the device is the CPU: it starts without importing torch (a one-shot
 ``facerank query`` is then a second, not several) and runs ResNet50 faster on the CPU.
 Set ``FACERANK_RUNTIME=torch`` (or pass ``runtime="torch"``) to force torch. A store switched to
-int8 (``facerank.precision``) runs on ONNX Runtime only: torch would give other vectors.
+int8 (``facerank.model.precision``) runs on ONNX Runtime only: torch would give other vectors.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from facerank import onnx_model
-from facerank.config import read_config
+from facerank.model import onnx_model
+from facerank.model.config import read_config
 
 RUNTIMES = ("auto", "onnxruntime", "torch")
 
@@ -53,7 +53,7 @@ def load_model(folder: str | Path, *, device: str = "cpu", runtime: str | None =
         return onnx_model.OnnxFaceModel.load(folder, config=config, threads=threads)
     import torch
 
-    from facerank.model import FaceModel
+    from facerank.model.torch_model import FaceModel
 
     if threads:
         torch.set_num_threads(threads)  # torch's pool is per process

@@ -40,14 +40,15 @@ from torch import nn
 
 from facerank import atomic
 from facerank.folder_lock import FolderLock
-from facerank.base import base_folder, differences, read_base_config
+from facerank.model.base import base_folder, differences, read_base_config
 from facerank.errors import GalleryError, ImageError, StoreMismatchError
-from facerank.face_cache import DetectionCache, read_file_input
-from facerank.faces import FaceFinder, FaceStep, face_step
-from facerank.gallery import (TRAIN_FOLDER, GalleryImage, scan_gallery, split_gallery,  # noqa: F401
+from facerank.faces.cache import DetectionCache, read_file_input
+from facerank.faces.detection import FaceFinder, FaceStep, face_step
+from facerank.data.gallery import (TRAIN_FOLDER, GalleryImage, scan_gallery, split_gallery,  # noqa: F401
                               write_split)
-from facerank.model import (FaceModel, features_and_logits, load_backbone_weights,
-                            resize_for_model)
+from facerank.model.torch_model import FaceModel
+from facerank.model.network import features_and_logits, load_backbone_weights
+from facerank.model.config import resize_for_model
 from facerank.progress import Progress
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -580,7 +581,7 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
     ``checkpoint.pt`` (written at most every ``checkpoint_every`` seconds). With ``resume=True`` an
     interrupted run continues from that checkpoint (with ``cached_features``, after rebuilding
     the same cache). ``faces``: the face step (a ``FaceStep``, or a detector name for
-    ``facerank.faces.face_step``, with ``face_model`` and ``no_face``; ``"auto"`` is a base's
+    ``facerank.faces.detection.face_step``, with ``face_model`` and ``no_face``; ``"auto"`` is a base's
     own step, else aligned faces where dlib is installed); it is saved with the model, and
     detections are cached in ``store/faces.sqlite``. The saved model is the last epoch's, or with
     ``keep="best"`` the one with the best held-out accuracy.
