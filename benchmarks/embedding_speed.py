@@ -434,7 +434,8 @@ def data_path_rows(plan: Plan, orl: list[Path], lfw: list[Path]) -> list[dict]:
 def end_to_end_rows(plan: Plan, lfw_root: Path, scratch: Path) -> list[dict]:
     """``FaceStore.sync_folder`` over a folder of LFW symlinks: decode, hash, embed, index, save."""
     from facerank.store import FaceStore
-    from facerank.training.loop import preset, train
+    from facerank.training.loop import train
+    from facerank.training.recipes import preset
 
     # A tiny trained store (10 ORL people, 1 epoch at 64 px): speed does not depend on how well
     # it is trained. The 224 store is the same weights saved with image_size=224.

@@ -282,7 +282,8 @@ def detection_parts(photos: list[Image.Image], scene_images: list[Image.Image]) 
 
 def train_store(folder: Path) -> float:
     """A tiny store with the HOG face step (speed does not depend on how well it is trained)."""
-    from facerank.training.loop import preset, train
+    from facerank.training.loop import train
+    from facerank.training.recipes import preset
 
     started = time.perf_counter()
     with warnings.catch_warnings():

@@ -157,7 +157,8 @@ def scored(store: Path, trained) -> dict:
 
 def from_base(gallery: Path, store: Path, **overrides):
     """``facerank train GALLERY --weights BASE``: the finetune recipe and the base's face step."""
-    from facerank.training.loop import recipe, train
+    from facerank.training.loop import train
+    from facerank.training.recipes import recipe
 
     shutil.rmtree(store, ignore_errors=True)
     rec.seed_detections(store)

@@ -111,7 +111,8 @@ def load_model(args, threads: int):
     import torch
 
     from facerank.model.torch_model import FaceModel
-    from facerank.training.loop import preset, train
+    from facerank.training.loop import train
+    from facerank.training.recipes import preset
 
     torch.set_num_threads(threads)
     folder = args.store or CACHE / "orl-store"

@@ -28,7 +28,8 @@ from facerank.data.gallery import scan_gallery, split_gallery
 from facerank.data.images import load_image
 from facerank.search.index import FaceIndex
 from facerank.store import FaceStore
-from facerank.training.loop import preset, train
+from facerank.training.loop import train
+from facerank.training.recipes import preset
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ORL = HERE.parent.parent / "shared" / "data" / "orl"

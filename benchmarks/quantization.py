@@ -103,7 +103,8 @@ def main() -> None:
 def trained_store() -> Path:
     store = CACHE / "store"
     if not (store / "model.json").exists():
-        from facerank.training.loop import preset, train
+        from facerank.training.loop import train
+        from facerank.training.recipes import preset
 
         train(ORL, store, preset("scratch", seed=0), weights="none", show_progress=True)
     return store

@@ -52,7 +52,8 @@ def main() -> None:
     from facerank.scale import RayEngine
     from facerank.scale.cluster import connect
     from facerank.store import FaceStore
-    from facerank.training.loop import preset, train
+    from facerank.training.loop import train
+    from facerank.training.recipes import preset
 
     work = Path(tempfile.mkdtemp(prefix="ray-build-"))
     gallery = work / "gallery"

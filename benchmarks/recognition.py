@@ -76,7 +76,7 @@ UNKNOWN_SHARE = 0.3     # of ORL's people, never enrolled in the unknown-people 
 def recipe(name: str, seed: int, **overrides):
     """facerank's recipes by benchmark name (``default`` is what ``facerank train`` picks
     without ImageNet weights)."""
-    from facerank.training.loop import preset
+    from facerank.training.recipes import preset
 
     names = {"default": "scratch", "cosface": "scratch", "sgd": "sgd", "freeze": "freeze"}
     extra = {"cosface": dict(loss="cosface", margin=0.2, label_smoothing=0.0),

@@ -41,7 +41,8 @@ def free_port() -> int:
 
 def demo_store(folder: Path) -> Path:
     from facerank.store import FaceStore
-    from facerank.training.loop import preset, train
+    from facerank.training.loop import train
+    from facerank.training.recipes import preset
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

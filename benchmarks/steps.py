@@ -26,7 +26,8 @@ import numpy as np
 from facerank.quality.evaluate import evaluate
 from facerank.data.gallery import scan_gallery
 from facerank.store import FaceStore
-from facerank.training.loop import preset, train
+from facerank.training.loop import train
+from facerank.training.recipes import preset
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ORL = HERE.parent.parent / "shared" / "data" / "orl"

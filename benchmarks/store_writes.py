@@ -45,7 +45,8 @@ def written_bytes() -> int:
 
 
 def demo_model(folder: Path) -> Path:
-    from facerank.training.loop import preset, train
+    from facerank.training.loop import train
+    from facerank.training.recipes import preset
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

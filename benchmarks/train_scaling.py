@@ -31,7 +31,8 @@ import torch
 
 from machine import cpu_model
 
-from facerank.training.loop import preset, train
+from facerank.training.loop import train
+from facerank.training.recipes import preset
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ORL = HERE.parent.parent / "shared" / "data" / "orl"

@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import warnings
 from pathlib import Path
 
@@ -47,9 +48,11 @@ import torch
 
 from machine import cpu_model
 
-from facerank.training import loop as training
+from facerank.training import loop as training, recipes
 
 HERE = Path(__file__).resolve().parent
+# What run() calls: this checkout's preset and train (a baseline module has both in one file).
+CURRENT = types.SimpleNamespace(preset=recipes.preset, train=training.train)
 REPO = HERE.parent
 DEFAULT_ORL = REPO.parent / "shared" / "data" / "orl"
 
@@ -204,7 +207,7 @@ def main() -> None:
                 # Before and after back to back, so a neighbour's load hits both alike.
                 if baseline and size == 112 and row.key in ("scratch", "freeze"):
                     rows.append(run(baseline, row, args.orl, workdir, args.weights, "baseline"))
-                rows.append(run(training, row, args.orl, workdir, args.weights, "current"))
+                rows.append(run(CURRENT, row, args.orl, workdir, args.weights, "current"))
     from facerank.data.gallery import scan_gallery, split_gallery
 
     split = split_gallery(scan_gallery(args.orl), test_fraction=0.3, seed=0)

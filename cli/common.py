@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from facerank.errors import FacerankError
+from facerank.errors import FacerankError, UsageError
 
 debug_mode = {"on": bool(os.environ.get("FACERANK_DEBUG"))}
 
@@ -25,7 +25,12 @@ JsonOption = typer.Option(False, "--json", help="Print JSON for scripts instead 
 
 
 def handles_errors(command):
-    """Turn facerank errors into one line and exit 1; bad arguments into exit 2."""
+    """Turn the library's bad-argument errors (``UsageError``) into one line and exit 2, its
+    other errors (a missing file, a locked store, a missing extra) into one line and exit 1.
+
+    Anything else (``TypeError``, ``KeyError``...) is a bug, not the user's doing: it keeps its
+    traceback rather than pass for a usage error.
+    """
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -34,11 +39,11 @@ def handles_errors(command):
                 if not debug_mode["on"]:
                     warnings.simplefilter("ignore", UserWarning)
                 return command(*args, **kwargs)
-        except (FacerankError, ImportError, ValueError, TypeError) as error:
+        except FacerankError as error:
             if debug_mode["on"]:
                 raise
-            typer.echo(f"error: {error}", err=True)  # ImportError: an optional extra is missing
-            raise typer.Exit(1 if isinstance(error, (FacerankError, ImportError)) else 2) from None
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2 if isinstance(error, UsageError) else 1) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None

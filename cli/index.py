@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from facerank.cli.common import (JsonOption, StoreOption, emit_json, handles_errors, report_faces, report_skipped, store_path)
+from facerank.errors import UsageError
 
 
 @handles_errors
@@ -189,7 +190,7 @@ def remove(
     from facerank.store import FaceStore
 
     if not paths and person is None and not ids:
-        raise ValueError("say what to remove: image paths, --person NAME or --id N")
+        raise UsageError("say what to remove: image paths, --person NAME or --id N")
     opened = FaceStore.open(store_path(store))
     report = opened.remove(ids=ids or (), paths=paths or (), person=person)
     _print_change(report, opened, as_json)

@@ -93,7 +93,8 @@ def demo(
     """
     from facerank.quality.evaluate import evaluate as run_evaluation
     from facerank.store import FaceStore
-    from facerank.training.loop import preset as make_preset, train as run_training
+    from facerank.training.loop import train as run_training
+    from facerank.training.recipes import preset as make_preset
 
     from facerank.data.gallery import demo_gallery, read_split
 

@@ -9,7 +9,14 @@ from typing import Optional
 
 import typer
 
-from facerank.cli.common import (JsonOption, StoreOption, emit_json, handles_errors, report_faces, report_skipped, store_path)
+from facerank.cli.common import (JsonOption, StoreOption, emit_json, handles_errors, report_faces,
+                                 report_skipped, store_path)
+# The recipes' defaults, for the help text only: options not given pass None, and the library
+# fills in its own default (recipes import no torch, so --help stays fast).
+from facerank.training.recipes import (MARGIN, PRETRAIN, PRETRAIN_MARGINS, PRETRAIN_MIN_PHOTOS,
+                                       TrainConfig)
+
+_DEFAULTS = TrainConfig()
 
 
 @handles_errors
@@ -26,26 +33,30 @@ def train(
     image_size: Optional[int] = typer.Option(None, help="Override the preset's input size (px)."),
     lr: Optional[float] = typer.Option(None, help="Override the preset's learning rate."),
     batch_size: Optional[int] = typer.Option(None, help="Override the preset's batch size."),
-    test_fraction: float = typer.Option(0.3, help="Held-out share of each person's images."),
-    seed: int = typer.Option(0, help="Seed for the split, initialisation and augmentation."),
+    test_fraction: Optional[float] = typer.Option(
+        None, help=f"Held-out share of each person's images (default {_DEFAULTS.test_fraction})."),
+    seed: Optional[int] = typer.Option(None, help="Seed for the split, initialisation and "
+                                       f"augmentation (default {_DEFAULTS.seed})."),
     shear: Optional[float] = typer.Option(None, help="Random shear augmentation, degrees."),
     zoom: Optional[float] = typer.Option(None, help="Random zoom augmentation, +- fraction."),
     loss: Optional[str] = typer.Option(None, help="softmax (preset default), cosface or arcface: "
                                        "a cosine head trained with a margin."),
-    margin: Optional[float] = typer.Option(None, help="cosface/arcface margin (default 0.2)."),
+    margin: Optional[float] = typer.Option(None, help=f"cosface/arcface margin (default {MARGIN})."),
     crop: Optional[float] = typer.Option(None, help="Keep the centred square of this share of each image "
                                "before resizing (0.5 for LFW-style 250 px face frames); saved "
                                "with the model and applied to queries too."),
     balanced: bool = typer.Option(False, "--balanced", help="Draw people evenly in each epoch, "
                                   "however many images each has."),
-    keep: str = typer.Option("last", help="Save the last epoch, or best: the epoch with the "
-                             "best held-out accuracy (that accuracy is then optimistic)."),
+    keep: Optional[str] = typer.Option(None, help="Save the last epoch (the default), or best: "
+                                       "the epoch with the best held-out accuracy (that accuracy "
+                                       "is then optimistic)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its checkpoint."),
     cached_features: bool = typer.Option(
         False, "--cached-features", help="freeze preset only: run the frozen layers once per "
         "image and view, then train the last stage on their stored outputs (faster epochs)."),
     feature_views: Optional[int] = typer.Option(
-        None, help="With --cached-features: augmented views cached per image (default 2)."),
+        None, help="With --cached-features: augmented views cached per image (default "
+        f"{_DEFAULTS.feature_views})."),
     faces: str = typer.Option("auto", help="Face step: auto (dlib-hog where the faces extra is "
                               "installed, else none), dlib-hog, dlib-cnn (with --face-model), or "
                               "none (the whole image). Saved with the model; queries use it too."),
@@ -68,7 +79,7 @@ def train(
 ):
     """Fine-tune ResNet50 on GALLERY and save the model into the store.
 
-    Writes loss/accuracy per epoch to STORE/train/history.json and curves.png.
+    Writes loss/accuracy per epoch (history and curves) into the store, and prints where.
 
     Examples:
       facerank train photos/ --store faces/ --weights none --epochs 40
@@ -78,15 +89,15 @@ def train(
       facerank train photos/ --store faces/ --workers 4 --gpus-per-worker 1 --ray ray://head:10001
     """
     from facerank.faces.detection import FaceStep
-    from facerank.data.gallery import TRAIN_FOLDER
-    from facerank.training.loop import recipe, train as run_training
+    from facerank.training.loop import train as run_training
+    from facerank.training.recipes import recipe
 
-    overrides = {k: v for k, v in dict(epochs=epochs, image_size=image_size, lr=lr,
-                                       batch_size=batch_size, feature_views=feature_views,
-                                       loss=loss, margin=margin, shear=shear, zoom=zoom,
-                                       crop=crop).items() if v is not None}
-    config = recipe(weights, preset, test_fraction=test_fraction, seed=seed,
-                    cached_features=cached_features, balanced=balanced, keep=keep, **overrides)
+    # None (an option not given, a flag not set) leaves the recipe's own value.
+    config = recipe(weights, preset, epochs=epochs, image_size=image_size, lr=lr,
+                    batch_size=batch_size, feature_views=feature_views, loss=loss, margin=margin,
+                    shear=shear, zoom=zoom, crop=crop, test_fraction=test_fraction, seed=seed,
+                    cached_features=cached_features or None, balanced=balanced or None,
+                    keep=keep)
     name = config.preset
     folder = store_path(store)
     options = dict(resume=resume, faces=faces, face_model=face_model, no_face=no_face,
@@ -112,10 +123,10 @@ def train(
     typer.echo(step.describe())
     if result.test_accuracy is not None:
         typer.echo(f"held-out accuracy {result.test_accuracy:.1%} on {result.test_images} images "
-                   f"(model of epoch {result.kept_epoch} of {last['epoch']}, kept: {keep})")
+                   f"(model of epoch {result.kept_epoch} of {last['epoch']}, kept: {config.keep})")
     if result.train_only:
         typer.echo(f"trained on but not tested (one image each): {', '.join(result.train_only)}")
-    typer.echo(f"model saved in {folder}; curves in {folder / TRAIN_FOLDER / 'curves.png'}")
+    typer.echo(f"model saved in {folder}; curves in {result.curves_path}")
     typer.echo(f"next: facerank index build {gallery} --store {folder}")
 
 
@@ -127,19 +138,24 @@ def pretrain(
                              "weights), its history, curves and checkpoint."),
     weights: str = typer.Option("imagenet", help="Start from: imagenet (downloaded once to "
                                 "$TORCH_HOME), none (random), a file, or another base."),
-    loss: str = typer.Option("cosface", help="Margin loss: cosface (margin 0.35) or arcface "
-                             "(margin 0.3 rad)."),
+    loss: Optional[str] = typer.Option(None, help="Margin loss: " + " or ".join(
+        f"{name} (margin {value}{' rad' if name == 'arcface' else ''})"
+        for name, value in PRETRAIN_MARGINS.items()) + f"; default {PRETRAIN.loss}."),
     margin: Optional[float] = typer.Option(None, help="Override the loss's margin."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs (default 20)."),
-    image_size: Optional[int] = typer.Option(None, help="Aligned face size in px (default 64); "
-                                             "fine-tuning uses the same."),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size (default 64)."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default 2e-3)."),
-    min_photos: int = typer.Option(2, help="People with fewer photos are left out."),
-    held_out: float = typer.Option(0.05, help="Share of the people never trained on, whose "
-                                   "pairs are scored each epoch."),
-    seed: int = typer.Option(0, help="Seed for the held-out people, initialisation and "
-                             "augmentation."),
+    epochs: Optional[int] = typer.Option(None, help=f"Epochs (default {PRETRAIN.epochs})."),
+    image_size: Optional[int] = typer.Option(None, help="Aligned face size in px (default "
+                                             f"{PRETRAIN.image_size}); fine-tuning uses the "
+                                             "same."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size (default "
+                                             f"{PRETRAIN.batch_size})."),
+    lr: Optional[float] = typer.Option(None, help=f"Peak learning rate (default {PRETRAIN.lr})."),
+    min_photos: Optional[int] = typer.Option(None, help="People with fewer photos are left out "
+                                             f"(default {PRETRAIN_MIN_PHOTOS})."),
+    held_out: Optional[float] = typer.Option(None, help="Share of the people never trained on, "
+                                             "whose pairs are scored each epoch (default "
+                                             f"{PRETRAIN.test_fraction})."),
+    seed: Optional[int] = typer.Option(None, help="Seed for the held-out people, initialisation "
+                                       f"and augmentation (default {PRETRAIN.seed})."),
     faces: str = typer.Option("auto", help="Face step (as for train): auto, dlib-hog, dlib-cnn "
                               "or none. Saved with the base; fine-tuning uses it too."),
     face_model: Optional[Path] = typer.Option(None, help="Weights file of a face detector that "
@@ -160,10 +176,9 @@ def pretrain(
     from facerank.faces.detection import face_step
     from facerank.training.pretrain import pretrain as run_pretraining, pretrain_recipe
 
-    overrides = {k: v for k, v in dict(epochs=epochs, image_size=image_size, lr=lr,
-                                       batch_size=batch_size, margin=margin).items()
-                 if v is not None}
-    config = pretrain_recipe(loss=loss, test_fraction=held_out, seed=seed, **overrides)
+    config = pretrain_recipe(loss=loss, epochs=epochs, image_size=image_size, lr=lr,
+                             batch_size=batch_size, margin=margin, test_fraction=held_out,
+                             seed=seed)
 
     def report(row: dict) -> None:
         if not as_json:
@@ -173,7 +188,8 @@ def pretrain(
                        f"train top-1 {row['train_accuracy']:.1%}{score} "
                        f"[{row['seconds']:.0f}s]")
 
-    result = run_pretraining(corpus, out, config, weights=weights, min_photos=min_photos,
+    result = run_pretraining(corpus, out, config, weights=weights,
+                             min_photos=PRETRAIN_MIN_PHOTOS if min_photos is None else min_photos,
                              faces=face_step(faces, model_file=face_model), resume=resume,
                              show_progress=not as_json, on_epoch=report)
     if as_json:
@@ -185,7 +201,7 @@ def pretrain(
     base = BaseConfig.from_json(result.base)
     report_faces(result.no_face, result.several_faces, whole=base.faces.no_face == "whole")
     typer.echo(base.describe())
-    typer.echo(f"base saved in {out} in {result.seconds:.0f}s; curves in {out / 'curves.png'}")
+    typer.echo(f"base saved in {out} in {result.seconds:.0f}s; curves in {result.curves_path}")
     typer.echo(f"next: facerank train PHOTOS/ --store faces/ --weights {out}")
 
 

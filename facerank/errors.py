@@ -1,8 +1,10 @@
-"""The small hierarchy of errors facerank raises for missing or broken state.
+"""The small hierarchy of errors facerank raises.
 
-Bad *arguments* raise the built-in ``ValueError``/``TypeError``; everything here is about the
-world outside the call (a file, a store, a download) and says what to do next. The CLI turns any
-``FacerankError`` into one line and a non-zero exit code.
+``UsageError`` is a bad argument (its message names the valid choices; it is also a
+``ValueError``); ``MissingExtraError`` an optional extra that is not installed (also an
+``ImportError``). The rest are about the world outside the call (a file, a store, a download)
+and say what to do next. The CLI turns ``UsageError`` into one line and exit 2, any other
+``FacerankError`` into one line and exit 1; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +12,14 @@ from __future__ import annotations
 
 class FacerankError(Exception):
     """Base class: an error a user can act on, with a message that says how."""
+
+
+class UsageError(FacerankError, ValueError):
+    """A bad argument; the message names the valid choices."""
+
+
+class MissingExtraError(FacerankError, ImportError):
+    """An optional extra is not installed; the message names it and the pip command."""
 
 
 class ImageError(FacerankError):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from facerank.errors import UsageError
+
 #: Binary multiples, as memory is sold and as ``free -h`` shows it.
 _SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "P": 2**50}
 #: Milliseconds per unit.
@@ -29,12 +31,12 @@ def parse_size(text: str | int) -> int:
         match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgtp]?)(?:i?b)?\s*", str(text),
                              re.IGNORECASE)
         if not match:
-            raise ValueError(f"{text!r} is not a size; write a number with K, M, G or T "
+            raise UsageError(f"{text!r} is not a size; write a number with K, M, G or T "
                              "(binary multiples), e.g. 512M, 4G, 1.5T, or plain bytes")
         value, unit = float(match.group(1)), match.group(2).upper()
     size = int(value * _SIZE_UNITS[unit])
     if size <= 0:
-        raise ValueError(f"a size must be positive, got {text!r}")
+        raise UsageError(f"a size must be positive, got {text!r}")
     return size
 
 
@@ -46,11 +48,11 @@ def parse_latency(text: str | float) -> float:
     """
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(us|µs|ms|s)\s*", str(text), re.IGNORECASE)
     if not match:
-        raise ValueError(f"{text!r} is not a latency; write a number with a unit: us, ms or s, "
+        raise UsageError(f"{text!r} is not a latency; write a number with a unit: us, ms or s, "
                          "e.g. 5ms, 0.5ms, 200us")
     milliseconds = float(match.group(1)) * _TIME_UNITS[match.group(2).lower()]
     if milliseconds <= 0:
-        raise ValueError(f"a latency must be positive, got {text!r}")
+        raise UsageError(f"a latency must be positive, got {text!r}")
     return milliseconds
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from facerank.store import FaceStore
-from facerank.training.loop import preset, train
+from facerank.training.loop import train
+from facerank.training.recipes import preset
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_GALLERY = REPO / "examples" / "gallery"

@@ -141,7 +141,7 @@ def test_exported_functions_stay_functions_after_their_modules_are_imported():
     # exported names the functions.
     code = ("import facerank, facerank.training.pretrain, facerank.quality.evaluate, "
             "facerank.quality.calibrate\n"
-            "from facerank.training.loop import recipe\n"
+            "from facerank.training.recipes import recipe\n"
             "print(*(callable(f) and not hasattr(f, '__path__') and type(f).__name__"
             " for f in (facerank.train, facerank.evaluate, facerank.calibrate)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -19,7 +19,8 @@ from facerank.quality.doctor import diagnose
 from facerank.quality.evaluate import evaluate
 from facerank.data.images import MAX_PIXELS
 from facerank.store import FaceStore
-from facerank.training.loop import preset, train
+from facerank.training.loop import train
+from facerank.training.recipes import preset
 
 from conftest import EXAMPLE_GALLERY
 

@@ -393,7 +393,8 @@ def test_queries_keep_answering_from_the_old_model_during_a_reembed(store_copy):
 
 TRAIN = textwrap.dedent("""
     import sys
-    from facerank.training.loop import preset, train
+    from facerank.training.loop import train
+    from facerank.training.recipes import preset
     train(sys.argv[1], sys.argv[2], preset("scratch", image_size=32, epochs=2, batch_size=8),
           weights="none", faces="none")
     print("trained", flush=True)

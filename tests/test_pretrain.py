@@ -20,11 +20,12 @@ from typer.testing import CliRunner
 from facerank.cli.app import app
 from facerank.model.base import BASE_CONFIG, base_folder, read_base, read_base_config
 from facerank.model.config import read_config
-from facerank.errors import StoreError, StoreMismatchError
+from facerank.errors import StoreError, StoreMismatchError, UsageError
 from facerank.model.network import load_backbone_weights
 from facerank.faces.detection import dlib_available
-from facerank.training.pretrain import pretrain, pretrain_recipe
-from facerank.training.loop import parameter_groups, preset, recipe
+from facerank.training.pretrain import pretrain
+from facerank.training.loop import parameter_groups
+from facerank.training.recipes import PRETRAIN, PRETRAIN_MARGINS, preset, pretrain_recipe, recipe
 
 ORL = Path(__file__).resolve().parents[2] / "shared" / "data" / "orl"
 CORPUS_PEOPLE = [f"s{i}" for i in range(11, 31)]  # the 5 fine-tuned on are s1-s5
@@ -91,9 +92,9 @@ def test_train_fine_tunes_a_base_with_its_face_step_and_input_size(base, gallery
     built = runner.invoke(app, ["index", "build", str(gallery), "--store", str(store), "--json"])
     assert built.exit_code == 0, built.output
     photo = sorted((gallery / "s3").iterdir())[0]
-    answer = runner.invoke(app, ["query", str(photo), "--store", str(store), "--json"])
+    answer = runner.invoke(app, ["identify", str(photo), "--store", str(store), "--json"])
     assert answer.exit_code == 0, answer.output
-    closest = json.loads(answer.output)["closest"][0]
+    closest = json.loads(answer.stdout)["faces"][0]["matches"][0]
     assert Path(closest["path"]).name == photo.name and closest["person"] == "s3"
 
 
@@ -173,7 +174,7 @@ def test_finetune_recipe_is_picked_for_a_base_and_trains_the_backbone_slower(bas
 def test_greyscale_and_colour_augmentation_keep_images_valid():
     import torch
 
-    from facerank.training.loop import augment
+    from facerank.training.augmentation import augment
 
     torch.manual_seed(0)
     batch = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
@@ -185,7 +186,10 @@ def test_greyscale_and_colour_augmentation_keep_images_valid():
 
 def test_pretrain_recipe_needs_a_margin_loss_and_gives_arcface_an_angle_margin():
     assert (pretrain_recipe().loss, pretrain_recipe().margin) == ("cosface", 0.35)
-    assert pretrain_recipe(loss="arcface").margin == 0.3
+    assert pretrain_recipe(loss="arcface").margin == PRETRAIN_MARGINS["arcface"] == 0.3
+    # None, as the CLI passes for an option not given, keeps the recipe's own value.
+    assert pretrain_recipe(loss="arcface", margin=None, epochs=None).margin == 0.3
+    assert pretrain_recipe(epochs=None).epochs == PRETRAIN.epochs
     assert pretrain_recipe().balanced and pretrain_recipe().greyscale > 0
-    with pytest.raises(ValueError, match="margin loss"):
+    with pytest.raises(UsageError, match="margin loss: cosface or arcface"):
         pretrain_recipe(loss="softmax")

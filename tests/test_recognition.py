@@ -16,7 +16,9 @@ from facerank.model.config import ModelConfig, resize_for_model
 from facerank.errors import GalleryError
 from facerank.quality.evaluate import evaluate
 from facerank.model.torch_model import FaceModel
-from facerank.training.loop import epoch_order, margin_logits, preset, train
+from facerank.training.losses import margin_logits
+from facerank.training.loop import epoch_order, train
+from facerank.training.recipes import preset
 from facerank.quality.verification import (best_threshold, distances, plot_distance_histogram, plot_roc,
                                    read_pairs, score_pairs, tar_at_far)
 

@@ -9,7 +9,8 @@ import warnings
 import pytest
 
 from facerank.store import FaceStore
-from facerank.training.loop import preset, train
+from facerank.training.loop import train
+from facerank.training.recipes import preset
 
 from conftest import TINY
 

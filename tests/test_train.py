@@ -7,19 +7,25 @@ import json
 import urllib.error
 import warnings
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
-from facerank.errors import StoreMismatchError, WeightsUnavailableError
+from facerank.errors import (FacerankError, MissingExtraError, StoreLockedError,
+                             StoreMismatchError, UsageError, WeightsUnavailableError)
 from facerank.model.torch_model import FaceModel
 from facerank.model.network import build_network, features_and_logits
 from facerank.model.config import read_config
-from facerank.training.loop import preset, train
+from facerank.cli.app import app
+from facerank.data.gallery import SPLIT_FILE, TRAIN_FOLDER
+from facerank.training.loop import CURVES_FILE, HISTORY_FILE, train
+from facerank.training.recipes import MARGIN, PRESETS, preset
 
 from conftest import TINY, copy_gallery
 
-from facerank.training import loop as training
+from facerank.training import augmentation, loop as training
 
 MICRO = dict(image_size=32, epochs=3, batch_size=8)
 
@@ -44,11 +50,14 @@ def test_training_beats_chance_by_a_wide_margin(trained, tmp_path, gallery):
 
 def test_history_curves_and_split_are_saved(trained):
     folder, result = trained
-    history = json.loads((folder / "train" / "history.json").read_text())
+    # The result says where its files are (the CLI prints these), all in the store's TRAIN_FOLDER.
+    assert Path(result.history_path) == folder / TRAIN_FOLDER / HISTORY_FILE
+    assert Path(result.curves_path) == folder / TRAIN_FOLDER / CURVES_FILE
+    history = json.loads(Path(result.history_path).read_text())
     assert len(history["history"]) == len(result.history)
     assert {"train_loss", "val_loss", "train_accuracy", "val_accuracy"} <= set(history["history"][0])
-    assert (folder / "train" / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    split = json.loads((folder / "train" / "split.json").read_text())
+    assert Path(result.curves_path).read_bytes()[:4] == b"\x89PNG"
+    split = json.loads((folder / TRAIN_FOLDER / SPLIT_FILE).read_text())
     assert not {p for p, _ in split["train"]} & {p for p, _ in split["test"]}
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
 
@@ -191,7 +200,7 @@ def test_whole_pixel_shift_matches_affine(size):
     for dx, dy in [(0, 0), (3, -2), (-5, 7), (size - 1, 0), (0, -(size - 1)), (size, 1)]:
         expected = F.affine(images, angle=0.0, translate=[dx, dy], scale=1.0, shear=[0.0, 0.0],
                             interpolation=F.InterpolationMode.BILINEAR)
-        assert torch.equal(training._shift(images, dx, dy), expected), (dx, dy)
+        assert torch.equal(augmentation._shift(images, dx, dy), expected), (dx, dy)
 
 
 def test_unreachable_imagenet_weights_say_what_to_do(tmp_path, monkeypatch):
@@ -226,5 +235,77 @@ def test_bad_weights_choice_names_the_options():
 
 
 def test_unknown_preset_names_the_choices():
-    with pytest.raises(ValueError, match="sgd, freeze, scratch"):
+    with pytest.raises(UsageError, match="sgd, freeze, scratch"):
         preset("fast")
+
+
+@pytest.mark.parametrize("overrides", [dict(loss="cosface"), dict(loss="arcface"),
+                                       dict(loss="cosface", margin=None)])
+def test_a_margin_loss_without_a_margin_trains_with_the_documented_default(overrides):
+    # Whatever the preset; the CLI passes margin=None when --margin is not given.
+    for name in PRESETS:
+        config = preset(name, **overrides)
+        assert config.margin == MARGIN and config.loss == overrides["loss"], name
+    assert preset("sgd").margin == 0.0 and preset("finetune", loss="softmax").margin == 0.0
+    assert preset("sgd", loss="arcface", margin=0.1).margin == 0.1
+
+
+def test_the_training_commands_hold_no_default_of_their_own():
+    """Defaults and file names live in the library: the CLI's training commands read them (for
+    help text) or print the paths the library returns. No number but 0 and 1 (switches), no
+    run-folder file name."""
+    import ast
+
+    cli = Path(__file__).resolve().parent.parent / "cli"
+    numbers = sorted({node.value for node in ast.walk(ast.parse((cli / "training.py").read_text()))
+                      if isinstance(node, ast.Constant) and type(node.value) in (int, float)
+                      and node.value not in (0, 1)})
+    assert not numbers, f"cli/training.py holds numeric defaults: {numbers}"
+    for path in cli.glob("*.py"):
+        text = path.read_text()
+        for name in (HISTORY_FILE, CURVES_FILE, SPLIT_FILE, "checkpoint.pt"):
+            assert name not in text, f"{path.name} spells {name!r}: use the library's"
+    assert f"/{TRAIN_FOLDER}/" not in (cli / "training.py").read_text()
+
+
+def _train_command(tmp_path, gallery, *options):
+    return CliRunner().invoke(app, ["train", str(gallery), "--store", str(tmp_path / "s"),
+                                    "--weights", "none", *options])
+
+
+def test_a_bad_preset_name_exits_2_in_one_line_naming_the_choices(tmp_path, micro_gallery):
+    result = _train_command(tmp_path, micro_gallery, "--preset", "fast")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        "error: unknown preset 'fast'; choose one of sgd, freeze, scratch, finetune"]
+
+
+@pytest.mark.parametrize("error, code", [
+    (UsageError("bad argument"), 2),
+    (MissingExtraError('the ray extra is needed: pip install "facerank[ray]"'), 1),
+    (StoreLockedError("another process is writing"), 1),
+])
+def test_library_errors_become_one_line_and_their_exit_code(tmp_path, micro_gallery, monkeypatch,
+                                                            error, code):
+    def fails(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("facerank.training.loop.train", fails)
+    result = _train_command(tmp_path, micro_gallery, "--epochs", "1")
+    assert result.exit_code == code, result.output
+    assert result.output.strip().splitlines() == [f"error: {error}"]
+
+
+@pytest.mark.parametrize("bug", [TypeError("unexpected keyword"), KeyError("epoch"),
+                                 ValueError("math domain error")])
+def test_a_bug_in_the_library_is_not_passed_off_as_a_usage_error(tmp_path, micro_gallery,
+                                                                 monkeypatch, bug):
+    def fails(*args, **kwargs):
+        raise bug
+
+    monkeypatch.setattr("facerank.training.loop.train", fails)
+    result = _train_command(tmp_path, micro_gallery, "--epochs", "1")
+    assert result.exit_code != 2
+    # Not swallowed: the exception itself comes out, traceback and all.
+    assert result.exception is bug and not isinstance(bug, FacerankError)
+

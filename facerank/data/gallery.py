@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facerank.errors import GalleryError, StoreError
+from facerank.errors import GalleryError, StoreError, UsageError
 from facerank.data.images import IMAGE_SUFFIXES
 
 
@@ -124,7 +124,7 @@ def split_gallery(gallery: Gallery, *, test_fraction: float = 0.3, seed: int = 0
     single image go to training only and are listed in ``Split.train_only``.
     """
     if not 0.0 <= test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+        raise UsageError(f"test_fraction must be in [0, 1), got {test_fraction}")
     by_person: dict[str, list[GalleryImage]] = defaultdict(list)
     for image in gallery.images:
         by_person[image.person].append(image)

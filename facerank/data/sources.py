@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from facerank.errors import MissingExtraError
+
 
 def is_uri(path: str | Path) -> bool:
     """Whether ``path`` names a file through a URI scheme (``s3://bucket/a.jpg``)."""
@@ -29,8 +31,8 @@ def split_uri(uri: str):
     try:
         from pyarrow import fs as pafs
     except ImportError:
-        raise ImportError(f"reading {uri} needs pyarrow: pip install pyarrow (the ray extra "
-                          "brings it)") from None
+        raise MissingExtraError(f"reading {uri} needs pyarrow: pip install pyarrow (the ray extra "
+                                "brings it)") from None
     scheme, rest = uri.split("://", 1)
     if scheme == "file":
         return pafs.LocalFileSystem(), rest

@@ -30,6 +30,8 @@ from typing import Callable, Protocol
 import numpy as np
 from PIL import Image
 
+from facerank.errors import MissingExtraError, UsageError
+
 NO_FACE_POLICIES = ("whole", "skip")
 #: The landmark order of every backend (dlib's 5-point model): two corners of the eye on the
 #: image's right, two of the eye on the image's left, the base of the nose.
@@ -70,13 +72,13 @@ class FaceStep:
 
     def __post_init__(self):
         if self.no_face not in NO_FACE_POLICIES:
-            raise ValueError(f"no_face must be one of {', '.join(NO_FACE_POLICIES)}; "
+            raise UsageError(f"no_face must be one of {', '.join(NO_FACE_POLICIES)}; "
                              f"got {self.no_face!r}")
         if self.detector != "none" and self.detector not in DETECTORS:
-            raise ValueError(f"unknown face detector {self.detector!r}; choose one of "
+            raise UsageError(f"unknown face detector {self.detector!r}; choose one of "
                              f"none, {', '.join(DETECTORS)}")
         if not 0.1 <= self.eye_distance <= 0.8 or not 0.1 <= self.eye_height <= 0.9:
-            raise ValueError("eye_distance must be in [0.1, 0.8] and eye_height in [0.1, 0.9]")
+            raise UsageError("eye_distance must be in [0.1, 0.8] and eye_height in [0.1, 0.9]")
 
     @property
     def enabled(self) -> bool:
@@ -157,7 +159,7 @@ def register_detector(name: str, factory: Callable[[FaceStep], FaceDetector]) ->
     >>> register_detector("my-cnn", lambda step: MyDetector(step.model_file))
     """
     if not name or name == "none":
-        raise ValueError(f"a detector needs a name other than 'none'; got {name!r}")
+        raise UsageError(f"a detector needs a name other than 'none'; got {name!r}")
     DETECTORS[name] = factory
 
 
@@ -178,11 +180,11 @@ def face_step(detector: str = "auto", *, model_file: str | Path | None = None,
         try:
             fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()
         except OSError as error:
-            raise ValueError(f"{path}: cannot read the face detector's file "
+            raise UsageError(f"{path}: cannot read the face detector's file "
                              f"({error.strerror or error})") from None
         model_file = str(path.resolve())
     elif detector == "dlib-cnn":
-        raise ValueError("the dlib-cnn detector needs its weights file: pass model_file= "
+        raise UsageError("the dlib-cnn detector needs its weights file: pass model_file= "
                          "(--face-model FILE), e.g. dlib's mmod_human_face_detector.dat")
     return FaceStep(detector=detector, model_file=str(model_file or ""),
                     model_fingerprint=fingerprint, no_face=no_face)
@@ -222,8 +224,8 @@ def _dlib():
         dlib = None
     landmarks = landmark_model_path()
     if dlib is None or landmarks is None:
-        raise ImportError('finding faces needs dlib and its 5-point landmark model: pip install '
-                          '"facerank[faces]" (dlib-bin and face_recognition_models)')
+        raise MissingExtraError('finding faces needs dlib and its 5-point landmark model: pip '
+                                'install "facerank[faces]" (dlib-bin and face_recognition_models)')
     return dlib, landmarks
 
 
@@ -306,7 +308,7 @@ class DlibCnnDetector(_DlibBackend):
     def __init__(self, step: FaceStep):
         super().__init__()
         if not step.model_file:
-            raise ValueError("the dlib-cnn detector needs its weights file (model_file)")
+            raise UsageError("the dlib-cnn detector needs its weights file (model_file)")
         path = Path(step.model_file)
         try:
             data = path.read_bytes()
@@ -315,12 +317,12 @@ class DlibCnnDetector(_DlibBackend):
                                     f"({error.strerror or error}); put it back or train "
                                     "again with another --face-model") from None
         if step.model_fingerprint and hashlib.sha256(data).hexdigest() != step.model_fingerprint:
-            raise ValueError(f"{path} is not the face detector file this model was trained "
+            raise UsageError(f"{path} is not the face detector file this model was trained "
                              "with (its sha256 differs); restore that file or train again")
         try:
             self._detector = self._dlib.cnn_face_detection_model_v1(str(path))
         except RuntimeError as error:
-            raise ValueError(f"{path}: not a dlib CNN face detector ({error})") from None
+            raise UsageError(f"{path}: not a dlib CNN face detector ({error})") from None
 
     def _boxes(self, pixels, upsample):
         return [(found.rect, found.confidence) for found in self._detector(pixels, upsample)]

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from facerank.model.base import base_folder, read_base
-from facerank.errors import StoreError, StoreMismatchError, WeightsUnavailableError
+from facerank.errors import StoreError, StoreMismatchError, UsageError, WeightsUnavailableError
 
 
 def _torchvision_models():
@@ -110,7 +110,7 @@ def load_backbone_weights(weights: str) -> tuple[dict | None, str]:
         raise StoreError(f"{path}: its pretraining has not finished (no base.json yet); run "
                          f"`facerank pretrain CORPUS --out {path} --resume` to finish it")
     if not path.is_file():
-        raise ValueError(f"weights must be 'imagenet', 'none', a facerank base folder or the path "
+        raise UsageError(f"weights must be 'imagenet', 'none', a facerank base folder or the path "
                          f"of a weights file; {weights!r} is none of these")
     return _read_state_file(path), f"file:{path.name}"
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from facerank import atomic
 from facerank.model.config import CONFIG_FILE, ModelConfig, read_config, resize_for_model
-from facerank.errors import ImageError, StoreError
+from facerank.errors import ImageError, MissingExtraError, StoreError, UsageError
 from facerank.folder_lock import FolderLock
 from facerank.data.gallery import SPLIT_FILE, TRAIN_FOLDER, read_split
 
@@ -46,7 +46,7 @@ def set_precision(folder: str | Path, precision: str, *,
     refused (the index records the identity of the model that filled it).
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     folder = Path(folder)
     config = read_config(folder)
     if precision == "int8":
@@ -88,8 +88,8 @@ def quantise(source: Path, target: Path, calibration_paths: Sequence[str | Path]
                                               QuantFormat, QuantType, quant_pre_process,
                                               quantize_static)
     except ImportError as error:
-        raise ImportError('int8 needs ONNX Runtime and onnx: pip install "facerank[fast]"'
-                          ) from error
+        raise MissingExtraError('int8 needs ONNX Runtime and onnx: pip install "facerank[fast]"'
+                                ) from error
     images = calibration_pixels(calibration_paths, config, folder=Path(source).parent)
 
     class Batches(CalibrationDataReader):

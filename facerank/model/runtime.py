@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from facerank.model import onnx_model
+from facerank.errors import MissingExtraError, UsageError
 from facerank.model.config import read_config
 
 RUNTIMES = ("auto", "onnxruntime", "torch")
@@ -31,20 +32,20 @@ def load_model(folder: str | Path, *, device: str = "cpu", runtime: str | None =
     """
     runtime = runtime or os.environ.get("FACERANK_RUNTIME") or "auto"
     if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
+        raise UsageError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
     config = read_config(folder)
     if runtime == "onnxruntime" and device != "cpu":
-        raise ValueError(f"the onnxruntime runtime runs on the CPU only; got device {device!r}")
+        raise UsageError(f"the onnxruntime runtime runs on the CPU only; got device {device!r}")
     if runtime == "onnxruntime" and not onnx_model.available():
-        raise ImportError('runtime "onnxruntime" needs the fast extra: '
-                          'pip install "facerank[fast]"')
+        raise MissingExtraError('runtime "onnxruntime" needs the fast extra: '
+                                'pip install "facerank[fast]"')
     if config.precision == "int8":
         if runtime == "torch" or device != "cpu":
-            raise ValueError(f"the model in {folder} is int8, which runs on ONNX Runtime on the "
+            raise UsageError(f"the model in {folder} is int8, which runs on ONNX Runtime on the "
                              "CPU only; run `facerank precision fp32` to use torch")
         if not onnx_model.available():
-            raise ImportError(f"the model in {folder} is int8, which needs ONNX Runtime: "
-                              'pip install "facerank[fast]" (or `facerank precision fp32`)')
+            raise MissingExtraError(f"the model in {folder} is int8, which needs ONNX Runtime: "
+                                    'pip install "facerank[fast]" (or `facerank precision fp32`)')
         return onnx_model.OnnxFaceModel.load(folder, config=config, threads=threads)
     use_onnx = runtime == "onnxruntime" or (
         runtime == "auto" and device == "cpu" and bool(config.onnx_file)

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from facerank.errors import MissingExtraError, UsageError
+
 LOCAL = ("auto", "local")
 
 
@@ -15,7 +17,7 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise ImportError('the ray extra is needed: pip install "facerank[ray]"') from None
+        raise MissingExtraError('the ray extra is needed: pip install "facerank[ray]"') from None
     return ray
 
 
@@ -41,7 +43,7 @@ def connect(address: str | None = "auto", *, num_cpus=None):
         ray.init(address="local" if address == "local" else None, num_cpus=num_cpus,
                  include_dashboard=False)
     elif not isinstance(address, str) or not address.strip():
-        raise ValueError(f"address must be 'auto', 'local', None, 'ray://host:port' or "
+        raise UsageError(f"address must be 'auto', 'local', None, 'ray://host:port' or "
                          f"'host:port'; got {address!r}")
     else:
         # num_cpus describes a cluster started here: joining one, its nodes say what they have.

@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from facerank.model.config import CONFIG_FILE, read_config
-from facerank.errors import GalleryError, ImageError, StoreError
+from facerank.errors import GalleryError, ImageError, StoreError, UsageError
 from facerank.faces.detection import FaceFinder
 from facerank.data.gallery import Gallery, GalleryImage, scan_gallery
 from facerank.data.images import IMAGE_SUFFIXES, load_image
@@ -77,9 +77,9 @@ class RayEngine:
 
     def __post_init__(self):
         if self.workers is not None and self.workers < 1:
-            raise ValueError(f"workers must be at least 1, got {self.workers}")
+            raise UsageError(f"workers must be at least 1, got {self.workers}")
         if self.gpus_per_worker < 0 or self.cpus_per_worker <= 0:
-            raise ValueError(f"gpus_per_worker must be at least 0 and cpus_per_worker above 0; "
+            raise UsageError(f"gpus_per_worker must be at least 0 and cpus_per_worker above 0; "
                              f"got {self.gpus_per_worker} and {self.cpus_per_worker}")
         import_ray()  # no ray: say which extra to install before any work
 
@@ -111,7 +111,7 @@ class RayEngine:
         if not items:
             return
         if self.gpus_per_worker and writer.model.config.precision == "int8":
-            raise ValueError("this store's model is int8, which runs on ONNX Runtime on CPUs: "
+            raise UsageError("this store's model is int8, which runs on ONNX Runtime on CPUs: "
                              "leave out gpus_per_worker (or `facerank precision fp32`)")
         connect(self.address)
         import ray

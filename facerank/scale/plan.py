@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import resources
 
+from facerank.errors import UsageError
 from facerank.search.index import choose_index
 
 #: Shards tried before giving up: a budget this small for this many faces is a typo.
@@ -73,9 +74,9 @@ def plan_scale(faces: int, *, memory_budget_bytes: int, dim: int = 2048, image_s
     8
     """
     if faces < 1:
-        raise ValueError(f"faces must be at least 1, got {faces}")
+        raise UsageError(f"faces must be at least 1, got {faces}")
     if hours is not None and hours <= 0:
-        raise ValueError(f"hours must be positive, got {hours}")
+        raise UsageError(f"hours must be positive, got {hours}")
     costs = measured_costs()
     rows = costs["index"]["rows"]
     measured_kinds = {_kind(row["factory"]) for row in rows}
@@ -94,7 +95,7 @@ def plan_scale(faces: int, *, memory_budget_bytes: int, dim: int = 2048, image_s
     workers = 1
     if hours is not None:
         if hours <= fixed_hours:
-            raise ValueError(f"{hours} h is too short: training and filling the index alone "
+            raise UsageError(f"{hours} h is too short: training and filling the index alone "
                              f"take {fixed_hours:.1f} h; allow more hours or more memory")
         workers = max(1, math.ceil(embedding_hours / (hours - fixed_hours)))
     reason = (f"{shards} shards of {per_shard:,} faces, the fewest that each fit "
@@ -151,14 +152,14 @@ def _shard(faces: int, dim: int, budget: int, measured_kinds: set[str]):
             return shards, plan
         if math.ceil(faces / shards) == 1:
             break
-    raise ValueError(f"no split of {faces:,} faces fits {_size(budget)} per node; raise the "
+    raise UsageError(f"no split of {faces:,} faces fits {_size(budget)} per node; raise the "
                      "memory budget")
 
 
 def _embedding_speed(costs: dict, image_size: int) -> dict:
     rows = {row["image_size"]: row for row in costs["embedding"]["rows"]}
     if image_size not in rows:
-        raise ValueError(f"no measured embedding speed at {image_size} px; measured: "
+        raise UsageError(f"no measured embedding speed at {image_size} px; measured: "
                          f"{', '.join(str(size) for size in sorted(rows))}")
     return rows[image_size]
 

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from facerank.data.gallery import TRAIN_FOLDER
 from facerank.scale.cluster import connect
-from facerank.training.loop import TrainConfig, TrainResult, check_workers, recipe
+from facerank.training.loop import HISTORY_FILE, TrainResult, check_workers
+from facerank.training.recipes import TrainConfig, recipe
 
 
 def train_on_ray(gallery: str | Path, store: str | Path, config: TrainConfig | None = None, *,
@@ -79,7 +80,7 @@ def train_on_ray(gallery: str | Path, store: str | Path, config: TrainConfig | N
 
 def read_result(store: str | Path) -> TrainResult:
     """The ``TrainResult`` a training run wrote into ``store/train/history.json``."""
-    saved = json.loads((Path(store) / TRAIN_FOLDER / "history.json").read_text())
+    saved = json.loads((Path(store) / TRAIN_FOLDER / HISTORY_FILE).read_text())
     fields = {field.name for field in dataclasses.fields(TrainResult)}
     result = TrainResult(**{k: v for k, v in saved.items() if k in fields})
     result.skipped = [tuple(pair) for pair in result.skipped]

@@ -22,6 +22,7 @@ import faiss
 import numpy as np
 
 from facerank import atomic
+from facerank.errors import StoreError, UsageError
 
 #: FAISS index-factory string used when none is given: exact search, no training, no surprises.
 DEFAULT_FACTORY = "Flat"
@@ -119,9 +120,9 @@ def choose_index(count: int, dim: int, *, memory_budget_bytes: int = 2 * 2**30) 
     'IVF1024,Flat'
     """
     if count < 0:
-        raise ValueError(f"count must be at least 0, got {count}")
+        raise UsageError(f"count must be at least 0, got {count}")
     if dim <= 0:
-        raise ValueError(f"dim must be positive, got {dim}")
+        raise UsageError(f"dim must be positive, got {dim}")
     flat_bytes = count * (4 * dim + ID_BYTES)
     if count * dim <= EXACT_MAX_FLOATS and flat_bytes <= memory_budget_bytes:
         return replace(IndexPlan(), memory_bytes=flat_bytes,
@@ -159,7 +160,7 @@ def choose_index(count: int, dim: int, *, memory_budget_bytes: int = 2 * 2**30) 
             return replace(plan, memory_bytes=total, reason=f"{reason} ({_gib(total)} in all)")
     needed = max(options[-1][1], IndexPlan.for_factory(options[-1][0]).train_size
                  * (4 * dim + ID_BYTES))
-    raise ValueError(f"{count:,} vectors of {dim}-d need at least {_gib(needed)} even as "
+    raise UsageError(f"{count:,} vectors of {dim}-d need at least {_gib(needed)} even as "
                      f"{m}-byte codes; raise memory_budget_bytes (now "
                      f"{_gib(memory_budget_bytes)})")
 
@@ -178,9 +179,9 @@ class FaceIndex:
 
     def __init__(self, dim: int, *, factory: str = DEFAULT_FACTORY, plan: IndexPlan | None = None):
         if dim <= 0:
-            raise ValueError(f"dim must be positive, got {dim}")
+            raise UsageError(f"dim must be positive, got {dim}")
         if plan is not None and factory not in (DEFAULT_FACTORY, plan.factory):
-            raise ValueError(f"factory {factory!r} and plan.factory {plan.factory!r} disagree; "
+            raise UsageError(f"factory {factory!r} and plan.factory {plan.factory!r} disagree; "
                              "pass one of them")
         plan = plan or IndexPlan.for_factory(factory)
         _check_factory(dim, plan.factory)
@@ -247,7 +248,7 @@ class FaceIndex:
                    if value is not None}
         for name, value in changes.items():
             if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+                raise UsageError(f"{name} must be at least 1, got {value}")
         if self._built:
             self._apply(replace(IndexPlan(), **changes).search_parameters)
         self.plan = replace(self.plan, **changes)
@@ -282,7 +283,7 @@ class FaceIndex:
             return
         sample = self._check(sample)
         if len(sample) < self.plan.train_size:
-            raise ValueError(f"{self.factory} needs at least {self.plan.train_size} training "
+            raise UsageError(f"{self.factory} needs at least {self.plan.train_size} training "
                              f"vectors, got {len(sample)}; until then it searches exactly")
         self._train_and_move(sample)
 
@@ -294,14 +295,14 @@ class FaceIndex:
         try:
             return _remove(self._index, ids)
         except RuntimeError as error:
-            raise ValueError(f"this index ({self.factory}) cannot remove vectors ({error}); "
+            raise UsageError(f"this index ({self.factory}) cannot remove vectors ({error}); "
                              "rebuild it with a factory that can, such as "
                              "choose_index(count, dim).factory") from None
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Nearest ``k`` vectors per query: (Euclidean distances, ids), -1 ids where fewer exist."""
         if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+            raise UsageError(f"k must be at least 1, got {k}")
         queries = self._check(queries)
         k = min(k, max(len(self), 1))
         if isinstance(self._index, faiss.IndexRefine):
@@ -391,7 +392,7 @@ class FaceIndex:
         raw = faiss.read_index(str(path))  # already of its concrete class, and owning it
         if not isinstance(raw, (faiss.IndexIDMap2, faiss.IndexRefine)) and \
                 faiss.try_extract_index_ivf(raw) is None:
-            raise ValueError(f"{path} is a FAISS index without stable ids; rebuild it")
+            raise StoreError(f"{path} is a FAISS index without stable ids; rebuild it")
         index = cls.__new__(cls)
         index.dim = raw.d
         index.plan = plan or IndexPlan.for_factory(factory)
@@ -459,12 +460,12 @@ class FaceIndex:
             try:
                 space.set_index_parameter(self._index, name, float(value))
             except RuntimeError:
-                raise ValueError(f"{name} does not apply to this index ({self.factory})") from None
+                raise UsageError(f"{name} does not apply to this index ({self.factory})") from None
 
     def _check(self, vectors: np.ndarray) -> np.ndarray:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise ValueError(f"expected vectors of shape (n, {self.dim}), got {vectors.shape}")
+            raise UsageError(f"expected vectors of shape (n, {self.dim}), got {vectors.shape}")
         return vectors
 
 
@@ -482,7 +483,7 @@ def _check_factory(dim: int, factory: str) -> None:
             try:
                 faiss.index_factory(dim, part, faiss.METRIC_L2)
             except RuntimeError:
-                raise ValueError(f"{factory!r} is not a FAISS index factory string for {dim}-d "
+                raise UsageError(f"{factory!r} is not a FAISS index factory string for {dim}-d "
                                  "vectors; e.g. 'Flat', 'IVF1024,Flat' or "
                                  "choose_index(count, dim).factory") from None
 

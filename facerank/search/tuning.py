@@ -24,6 +24,7 @@ from faiss.contrib.evaluation import knn_intersection_measure
 from faiss.contrib.exhaustive_search import knn_ground_truth
 
 from facerank.search.index import FaceIndex, split_refine
+from facerank.errors import UsageError
 
 #: Recall@k wanted when neither a recall nor a latency target is given.
 DEFAULT_TARGET_RECALL = 0.95
@@ -93,11 +94,11 @@ def tune(index: FaceIndex, queries: np.ndarray, *,
     {'nprobe': 8}
     """
     if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+        raise UsageError(f"k must be at least 1, got {k}")
     if target_recall is not None and not 0 < target_recall <= 1:
-        raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
+        raise UsageError(f"target_recall must be in (0, 1], got {target_recall}")
     if target_latency_ms is not None and target_latency_ms <= 0:
-        raise ValueError(f"target_latency_ms must be positive, got {target_latency_ms}")
+        raise UsageError(f"target_latency_ms must be positive, got {target_latency_ms}")
     if target_recall is None and target_latency_ms is None:
         target_recall = DEFAULT_TARGET_RECALL
     queries = np.ascontiguousarray(np.atleast_2d(queries), np.float32)

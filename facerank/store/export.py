@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from facerank import atomic
+from facerank.errors import MissingExtraError
 from facerank.store.database import Database
 
 #: Records per Parquet row group (and per read from the database): 8 Ki x 2048 floats = 64 MiB.
@@ -29,8 +30,8 @@ def export_parquet(store, path: str | Path) -> int:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise ImportError('exporting Parquet needs pyarrow: pip install pyarrow (or '
-                          '"facerank[ray]")') from None
+        raise MissingExtraError('exporting Parquet needs pyarrow: pip install pyarrow (or '
+                                '"facerank[ray]")') from None
     written = 0
 
     def write(temporary: Path) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from facerank.errors import StoreError
+from facerank.errors import StoreError, UsageError
 from facerank.search.index import DEFAULT_FACTORY, FaceIndex
 from facerank.store.database import Database
 from facerank.store.tuning import load_base
@@ -104,7 +104,7 @@ class Snapshot:
         """The ``k`` nearest (Euclidean distances, ids) per query over base and delta, removed
         ids left out; -1 ids (and inf distances) where fewer exist."""
         if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+            raise UsageError(f"k must be at least 1, got {k}")
         queries = np.ascontiguousarray(np.atleast_2d(vectors), np.float32)
         wanted = k + len(self.removed)  # removed ids may take some of the places
         parts_d, parts_i = [], []

@@ -1,16 +1,5 @@
-"""Fine-tuning recipes (presets), the training loop, checkpoints and per-epoch history.
-
-Four presets. Two are the method's, and assume ImageNet weights:
-
-* ``sgd``    — SGD, momentum 0.9, lr 0.01, batch 10, 6 epochs, every layer trainable;
-* ``freeze`` — Adam lr 1e-4, batch 10, 6 epochs, all frozen but the last residual stage + head.
-
-The third, ``scratch``, is for random initialisation (no ImageNet weights to be had): 64 px,
-batch 32, 40 epochs, AdamW with a one-cycle schedule and bf16 autocast where the CPU has AMX.
-
-The fourth, ``finetune``, is for a face prior made by ``facerank pretrain`` (a *base*): a
-CosFace head at lr 2e-3, the backbone at a tenth of that, 15 epochs at the base's input size.
-``recipe(weights)`` picks it whenever the weights are a base, as ``scratch`` for ``none``.
+"""The training loop: ``train`` and ``train_epoch``, checkpoints, per-epoch history, and the
+checks a data-parallel run needs.
 
 With ``trainable="last_stage"`` (the ``freeze`` preset) ``cached_features=True`` runs the frozen
 stem..layer3 once per image and augmented view instead of once per image per epoch, and trains
@@ -24,164 +13,37 @@ layer4 + head on those stored outputs (see ``TrainConfig.feature_views``).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import math
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
 from facerank import atomic
+from facerank.data.gallery import TRAIN_FOLDER, scan_gallery, split_gallery, write_split
+from facerank.errors import GalleryError, StoreMismatchError, UsageError
+from facerank.faces.cache import DetectionCache
+from facerank.faces.detection import FaceFinder, FaceStep, face_step
 from facerank.folder_lock import FolderLock
 from facerank.model.base import base_folder, differences, read_base_config
-from facerank.errors import GalleryError, ImageError, StoreMismatchError
-from facerank.faces.cache import DetectionCache, read_file_input
-from facerank.faces.detection import FaceFinder, FaceStep, face_step
-from facerank.data.gallery import (TRAIN_FOLDER, GalleryImage, scan_gallery, split_gallery,  # noqa: F401
-                              write_split)
-from facerank.model.torch_model import FaceModel
 from facerank.model.network import features_and_logits, load_backbone_weights
-from facerank.model.config import resize_for_model
+from facerank.model.torch_model import FaceModel
 from facerank.progress import Progress
+from facerank.training.augmentation import FaceCounts, augment, decode_images
+from facerank.training.losses import margin_logits
+from facerank.training.memory import malloc_keeps_freed_memory
+from facerank.training.plots import plot_history
+from facerank.training.recipes import TrainConfig, recipe
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "onecycle")
-TRAINABLE = ("all", "last_stage")
-LOSSES = ("softmax", "cosface", "arcface")  # the last two train a cosine head with a margin
-KEEP = ("last", "best")         # which epoch's weights are saved
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """A training recipe. Use ``preset(name, **overrides)`` rather than building one by hand."""
-
-    preset: str = "custom"
-    optimizer: str = "sgd"          # one of OPTIMIZERS
-    lr: float = 0.01                # peak learning rate under "onecycle"
-    momentum: float = 0.9           # SGD only
-    weight_decay: float = 0.0
-    batch_size: int = 10
-    epochs: int = 6
-    schedule: str = "constant"      # one of SCHEDULES
-    trainable: str = "all"          # "last_stage": layer4 + head train, the rest is frozen
-    image_size: int = 224           # stored with the model; queries are resized the same way
-    crop: float = 1.0               # centred share of each image kept before resizing (stored too)
-    loss: str = "softmax"           # one of LOSSES
-    margin: float = 0.0             # cosface: subtracted from the true person's cosine;
-                                    # arcface: added to the angle (radians)
-    scale: float = 30.0             # cosface/arcface: the cosine head's logit scale
-    label_smoothing: float = 0.0
-    balanced: bool = False          # draw each epoch's images evenly over people, not over images
-    flip: bool = True               # random horizontal flip
-    shift: float = 0.1              # random shift, as a fraction of the image side
-    shear: float = 0.0              # random shear, degrees (0 = off)
-    zoom: float = 0.0               # random zoom, ± fraction (0 = off)
-    greyscale: float = 0.0          # probability of turning an image grey (ORL-like photos)
-    colour: float = 0.0             # random brightness and contrast, ± fraction (0 = off)
-    backbone_lr: float = 1.0        # the backbone's learning rate as a share of ``lr`` (the
-                                    # head's): below 1 a pretrained face prior moves less than
-                                    # the new head (see ``finetune``)
-    bf16: bool | None = None        # bf16 autocast; None = where the CPU has native bf16 (AMX)
-    test_fraction: float = 0.3      # stratified per person
-    seed: int = 0
-    # "last" saves the final epoch. "best" saves the epoch with the best held-out accuracy: the
-    # held-out split then chose the model, so its accuracy on that split is optimistic (a
-    # measured 0.5 points on ORL). Use "best" only when the held-out split is a validation set
-    # whose figure you do not report as the model's accuracy.
-    keep: str = "last"
-    # trainable="last_stage" only: compute the frozen stem..layer3 outputs once and train layer4 +
-    # head on them. Augmentation comes before the frozen part, so it is drawn once too:
-    # ``feature_views`` augmented copies of each training image, epoch e using copy
-    # (e - 1) mod feature_views. With feature_views >= epochs no view repeats (as uncached
-    # training, with other random draws); fewer views cost less up front but repeat. The cache
-    # holds views x images x 1024 x (image_size/16)^2 floats (112 px: 200 KB a view).
-    cached_features: bool = False
-    feature_views: int = 2
-
-    def __post_init__(self):
-        for name, value, choices in (("optimizer", self.optimizer, OPTIMIZERS),
-                                     ("schedule", self.schedule, SCHEDULES),
-                                     ("trainable", self.trainable, TRAINABLE),
-                                     ("loss", self.loss, LOSSES),
-                                     ("keep", self.keep, KEEP)):
-            if value not in choices:
-                raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.image_size < 32:
-            raise ValueError("epochs and batch_size must be >= 1 and image_size >= 32")
-        if self.cached_features and self.trainable != "last_stage":
-            raise ValueError("cached_features needs trainable='last_stage' (the freeze preset): "
-                             "with every layer training, the features change at every step and "
-                             "cannot be cached")
-        if not 0.1 <= self.crop <= 1.0:
-            raise ValueError(f"crop must be between 0.1 and 1 (a share of the image); got {self.crop}")
-        if self.feature_views < 1:
-            raise ValueError(f"feature_views must be >= 1; got {self.feature_views}")
-        if not 0.0 < self.backbone_lr <= 1.0:
-            raise ValueError(f"backbone_lr must be in (0, 1] (a share of lr); got {self.backbone_lr}")
-
-
-PRESETS: dict[str, TrainConfig] = {
-    "sgd": TrainConfig(preset="sgd", optimizer="sgd", lr=0.01, momentum=0.9, batch_size=10,
-                       epochs=6, trainable="all", bf16=False),
-    "freeze": TrainConfig(preset="freeze", optimizer="adam", lr=1e-4, batch_size=10, epochs=6,
-                          trainable="last_stage", bf16=False),
-    "scratch": TrainConfig(preset="scratch", optimizer="adamw", lr=2e-3, weight_decay=0.05,
-                           batch_size=32, epochs=40, schedule="onecycle", image_size=64,
-                           label_smoothing=0.1),
-    # From a facerank base (``facerank pretrain``): the new head learns at lr, the pretrained
-    # backbone at a tenth of it, so a few hundred photos adjust the face prior without
-    # overwriting it; a CosFace head like the base's own. The image size is the base's.
-    "finetune": TrainConfig(preset="finetune", optimizer="adamw", lr=2e-3, weight_decay=0.05,
-                            batch_size=32, epochs=15, schedule="onecycle", image_size=64,
-                            loss="cosface", margin=0.2, backbone_lr=0.1, zoom=0.1),
-}
-
-
-MARGIN = 0.2  # a CosFace/ArcFace head's margin when a recipe asks for the loss but not a margin
-
-
-def preset(name: str, **overrides) -> TrainConfig:
-    """A named recipe with some fields changed: ``preset("sgd", epochs=10)``.
-
-    Asking for a margin loss (``loss="cosface"``/``"arcface"``) on a softmax preset without a
-    margin gives it ``MARGIN`` and no label smoothing, as the margin heads are meant to train.
-    """
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    if overrides.get("loss", "softmax") != "softmax" and PRESETS[name].loss == "softmax":
-        overrides.setdefault("margin", MARGIN)
-        overrides.setdefault("label_smoothing", 0.0)
-    return replace(PRESETS[name], **overrides)
-
-
-def default_preset(weights: str) -> str:
-    """The preset ``"auto"`` stands for: ``scratch`` from random initialisation, ``finetune``
-    from a facerank base, the method's ``sgd`` from ImageNet or another weights file."""
-    if weights == "none":
-        return "scratch"
-    return "finetune" if base_folder(weights) is not None else "sgd"
-
-
-def recipe(weights: str = "imagenet", name: str = "auto", **overrides) -> TrainConfig:
-    """The recipe a run from ``weights`` gets: preset ``name`` (``"auto"``: ``default_preset``)
-    with ``overrides``. From a base, the input size and crop are the base's unless overridden.
-
-    >>> recipe("base/", epochs=20)   # finetune at the base's input size
-    """
-    name = default_preset(weights) if name == "auto" else name
-    folder = base_folder(weights)
-    if folder is not None:
-        base = read_base_config(folder)
-        overrides.setdefault("image_size", base.image_size)
-        overrides.setdefault("crop", base.crop)
-    return preset(name, **overrides)
+# A training run's files, in ``store/TRAIN_FOLDER`` (pretraining: in its ``out`` folder).
+HISTORY_FILE = "history.json"    # the recipe, the TrainResult and one row per epoch
+CURVES_FILE = "curves.png"       # plot_history of that history
+CHECKPOINT_FILE = "checkpoint.pt"  # what resume=True continues from
 
 
 def bf16_is_native() -> bool:
@@ -214,121 +76,11 @@ class TrainResult:
     no_face: list[str] | None = None    # photos with no face found (see FaceStep.no_face)
     several_faces: list[str] | None = None  # photos with several faces: the largest was kept
     workers: int = 1                    # data-parallel processes (see facerank.scale.training)
+    history_path: str | None = None     # the run's HISTORY_FILE (rank 0 only)
+    curves_path: str | None = None      # the run's CURVES_FILE (rank 0 only)
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-@dataclass
-class FaceCounts:
-    """Gallery photos the face step found no face in, or several (the largest was kept)."""
-
-    no_face: list[str]
-    several_faces: list[str]
-
-
-def decode_images(images: list[GalleryImage], size: int, on_step: Callable[[], None] | None = None,
-                  *, crop: float = 1.0, finder: FaceFinder | None = None,
-                  counts: FaceCounts | None = None
-                  ) -> tuple[list[GalleryImage], torch.Tensor, list[tuple[str, str]]]:
-    """Decode gallery images once, through the face step, and resize them; unreadable files
-    (and, under the ``skip`` policy, photos without a face) are skipped and reported."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    finder = finder or FaceFinder(FaceStep(), size=size)
-    counts = counts if counts is not None else FaceCounts([], [])
-    kept, arrays, skipped = [], [], []
-
-    def read(item: GalleryImage):
-        try:
-            return read_file_input(finder, item.path)
-        except ImageError as error:
-            return error
-
-    # Two threads: finding faces (dlib releases the GIL) and decoding use both cores.
-    with ThreadPoolExecutor(max_workers=2 if finder.step.enabled else 1) as pool:
-        for item, outcome in zip(images, pool.map(read, images)):
-            if isinstance(outcome, ImageError):
-                skipped.append((str(item.path), outcome.reason))
-            else:
-                image, found = outcome
-                if finder.step.enabled and found == 0:
-                    counts.no_face.append(str(item.path))
-                elif found > 1:
-                    counts.several_faces.append(str(item.path))
-                if image is None:
-                    skipped.append((str(item.path), "no face found"))
-                else:
-                    kept.append(item)
-                    arrays.append(resize_for_model(image, size, crop))
-            if on_step:
-                on_step()
-    if not arrays:
-        return kept, torch.zeros((0, 3, size, size), dtype=torch.uint8), skipped
-    return kept, torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), skipped
-
-
-def augment(batch: torch.Tensor, config: TrainConfig) -> torch.Tensor:
-    """Random flip, shift, shear and zoom per image (uint8 in, uint8 out)."""
-    from torchvision.transforms.v2 import functional as F
-
-    out = batch.clone()
-    size = batch.shape[-1]
-    for i in range(len(out)):
-        image = out[i]
-        if config.flip and torch.rand(()) < 0.5:
-            image = F.horizontal_flip(image)
-        if config.shift or config.shear or config.zoom:
-            # Every draw is made whether or not it is used, so a seed gives the same images
-            # whichever path below runs.
-            dx, dy = ((torch.rand(2) * 2 - 1) * config.shift * size).round().tolist()
-            shear = float((torch.rand(()) * 2 - 1) * config.shear)
-            scale = float(1.0 + (torch.rand(()) * 2 - 1) * config.zoom)
-            if config.shear or config.zoom:
-                image = F.affine(image, angle=0.0, translate=[int(dx), int(dy)], scale=scale,
-                                 shear=[shear, 0.0], interpolation=F.InterpolationMode.BILINEAR)
-            else:
-                image = _shift(image, int(dx), int(dy))
-        if config.colour:
-            gain, offset = ((torch.rand(2) * 2 - 1) * config.colour).tolist()
-            mean = image.float().mean()
-            image = ((image.float() - mean) * (1 + gain) + mean * (1 + offset)).clamp(0, 255).to(
-                torch.uint8)
-        if config.greyscale and torch.rand(()) < config.greyscale:
-            image = F.rgb_to_grayscale(image, num_output_channels=3)
-        out[i] = image
-    return out
-
-
-def _shift(image: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
-    """Whole-pixel translation with zero fill: the same pixels as ``F.affine`` gives for it
-    (tested), by copying a slice instead of resampling: a batch augments 5x faster."""
-    height, width = image.shape[-2:]
-    out = torch.zeros_like(image)
-    if abs(dx) < width and abs(dy) < height:
-        out[..., max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = \
-            image[..., max(-dy, 0):height - max(dy, 0), max(-dx, 0):width - max(dx, 0)]
-    return out
-
-
-def margin_logits(logits: torch.Tensor, labels: torch.Tensor, config: TrainConfig) -> torch.Tensor:
-    """The cosine head's logits with the training margin applied to each true person.
-
-    CosFace subtracts ``margin`` from the true person's cosine, ArcFace adds it to the angle:
-    either way a face print must beat every other person by a margin, not just win, which
-    leaves room for people never trained on. Softmax logits pass through unchanged.
-    """
-    if config.loss == "softmax" or config.margin == 0.0:
-        return logits
-    true = logits.gather(1, labels[:, None]) / config.scale
-    if config.loss == "cosface":
-        with_margin = true - config.margin
-    else:
-        angle = torch.acos(true.clamp(-1 + 1e-6, 1 - 1e-6))
-        # Past pi - margin, cos(angle + margin) would rise again; fall back to CosFace there.
-        with_margin = torch.where(angle + config.margin < math.pi, torch.cos(angle + config.margin),
-                                  true - config.margin * math.sin(config.margin))
-    return logits.scatter(1, labels[:, None], with_margin * config.scale)
 
 
 def epoch_order(labels: torch.Tensor, balanced: bool, generator: torch.Generator) -> torch.Tensor:
@@ -450,7 +202,7 @@ def _check_cache_fits(views: int, images: int, bytes_each: int) -> None:
     except (AttributeError, ValueError, OSError):  # not on this platform: do not guess
         return
     if total > memory // 2:
-        raise ValueError(f"cached features would take {total / 2**30:.1f} GiB ({views} views x "
+        raise UsageError(f"cached features would take {total / 2**30:.1f} GiB ({views} views x "
                          f"{images} images) of this machine's {memory / 2**30:.1f} GiB; use "
                          "fewer feature views, a smaller image size, or no cached features")
 
@@ -534,39 +286,6 @@ def train_epoch(model: FaceModel, pixels: torch.Tensor, labels: torch.Tensor, or
     return loss_sum / max(seen, 1), correct / max(seen, 1)
 
 
-# mallopt(3) parameters (glibc's malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_GLIBC_MMAP_MAX, _GLIBC_TRIM_THRESHOLD = 65536, 128 * 1024  # glibc's defaults
-
-
-@contextlib.contextmanager
-def malloc_keeps_freed_memory():
-    """While training, let glibc's malloc reuse freed memory instead of handing it back.
-
-    Every step allocates and frees the same large activation buffers. By default glibc serves big
-    blocks with fresh mmap()s and unmaps them on free, so the kernel faults in and zeroes them
-    again at every step. Measured on ResNet50, batch 32, one thread, 224 px, fresh processes in
-    pairs: ~890k page faults and ~2 s of system time a step, against ~120k and ~0.5 s with this,
-    13-16% fewer CPU-seconds a step; at 112 px the faults (25-40k a step) vanish too, a gain of
-    a few percent. Peak memory grows by ~25%; the defaults come back, and the memory is
-    released, on exit. No-op where the C library is not glibc.
-    """
-    libc = None
-    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt(_M_MMAP_MAX, 0)         # big blocks from the heap, reusable
-            libc.mallopt(_M_TRIM_THRESHOLD, -1)  # and the heap never shrinks under us
-        except (OSError, AttributeError):
-            libc = None
-    try:
-        yield
-    finally:
-        if libc is not None:
-            libc.mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)
-            libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_TRIM_THRESHOLD)
-            libc.malloc_trim(0)
-
 
 def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = None, *,
           weights: str = "imagenet", resume: bool = False, show_progress: bool = False,
@@ -576,8 +295,9 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
           rank: int = 0, workers: int = 1, device: str = "cpu") -> TrainResult:
     """Fine-tune ResNet50 on a one-folder-per-person gallery and save the model into ``store``.
 
-    Writes ``store/model.json`` + weights, and under ``store/train/``: ``history.json`` (per-epoch
-    loss and accuracy), ``curves.png``, ``split.json`` (which files were held out) and the
+    Writes ``store/model.json`` + weights, and under ``store/train/`` (``TRAIN_FOLDER``):
+    ``history.json`` (per-epoch loss and accuracy; ``result.history_path``), ``curves.png``
+    (``result.curves_path``), ``split.json`` (which files were held out) and the
     ``checkpoint.pt`` (written at most every ``checkpoint_every`` seconds). With ``resume=True`` an
     interrupted run continues from that checkpoint (with ``cached_features``, after rebuilding
     the same cache). ``faces``: the face step (a ``FaceStep``, or a detector name for
@@ -693,7 +413,7 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
     history: list[dict] = []
     best_score, kept_epoch, kept_state = -1.0, 0, None
     first_epoch = 1
-    checkpoint_path = run_dir / "checkpoint.pt"
+    checkpoint_path = run_dir / CHECKPOINT_FILE
     checkpoint_meta = json.dumps({"people": people, "config": asdict(config),
                                   "weights_origin": model.config.weights_origin,
                                   "faces": step.to_json()})
@@ -791,20 +511,21 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
         seconds=round(time.perf_counter() - started, 2), weights_origin=model.config.weights_origin,
         bf16=use_bf16, test_accuracy=test_accuracy, cache_seconds=cache_seconds,
         faces=step.to_json(), no_face=counts.no_face, several_faces=counts.several_faces,
-        workers=workers)
-    atomic.write_json(run_dir / "history.json", {"config": asdict(config), **result.to_json()})
+        workers=workers, history_path=str(run_dir / HISTORY_FILE),
+        curves_path=str(run_dir / CURVES_FILE))
+    atomic.write_json(run_dir / HISTORY_FILE, {"config": asdict(config), **result.to_json()})
     write_split(store, train_items, test_items, seed=config.seed,
                 test_fraction=config.test_fraction)
-    plot_history(history, run_dir / "curves.png")
+    plot_history(history, run_dir / CURVES_FILE)
     return result
 
 
 def check_workers(config: TrainConfig, workers: int) -> None:
     """Refuse a data-parallel run whose batch does not divide evenly among its workers."""
     if workers < 1:
-        raise ValueError(f"workers must be >= 1; got {workers}")
+        raise UsageError(f"workers must be >= 1; got {workers}")
     if config.batch_size % workers:
-        raise ValueError(f"batch size {config.batch_size} does not divide among {workers} "
+        raise UsageError(f"batch size {config.batch_size} does not divide among {workers} "
                          f"workers: use a multiple of {workers} (each worker takes batch_size / "
                          "workers images a step, so the effective batch stays batch_size)")
 
@@ -812,9 +533,9 @@ def check_workers(config: TrainConfig, workers: int) -> None:
 def _check_data_parallel(config: TrainConfig, rank: int, workers: int) -> None:
     check_workers(config, workers)
     if not 0 <= rank < workers:
-        raise ValueError(f"rank must be in 0..{workers - 1}; got {rank}")
+        raise UsageError(f"rank must be in 0..{workers - 1}; got {rank}")
     if not torch.distributed.is_available() or not torch.distributed.is_initialized():
-        raise ValueError(f"workers={workers} needs an initialised torch.distributed process group: "
+        raise UsageError(f"workers={workers} needs an initialised torch.distributed process group: "
                          "train through facerank.scale.train_on_ray (facerank train --workers N)")
 
 
@@ -847,25 +568,3 @@ def save_checkpoint(path: Path, checkpoint: dict) -> None:
     """Write a training checkpoint atomically: a crash leaves the previous one whole."""
     # Tensors, numbers and strings only, so that torch.load(weights_only=True) can read it back.
     atomic.write_with(path, lambda temporary: torch.save(checkpoint, temporary))
-
-
-def plot_history(history: list[dict], path: Path, *, held_out_label: str = "held-out") -> None:
-    """Loss and accuracy per epoch, train and held-out, as a two-panel PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    epochs = [row["epoch"] for row in history]
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
-    for axis, key, title in ((loss_axis, "loss", "Loss"), (accuracy_axis, "accuracy", "Accuracy")):
-        axis.plot(epochs, [row[f"train_{key}"] for row in history], label="train")
-        if history and f"val_{key}" in history[0]:
-            axis.plot(epochs, [row[f"val_{key}"] for row in history], label=held_out_label)
-        axis.set_title(title)
-        axis.set_xlabel("epoch")
-        axis.grid(alpha=0.3)
-        axis.legend()
-    figure.tight_layout()
-    atomic.write_with(path, lambda temporary: figure.savefig(temporary, format="png", dpi=100))
-    plt.close(figure)

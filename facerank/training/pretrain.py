@@ -6,8 +6,8 @@ margin loss; ``pretrain`` does the same on a face corpus laid out one folder per
 the backbone without its head as a *base* (``facerank.model.base``) that ``train(weights=BASE)``
 fine-tunes on a user's own people.
 
-The recipe (``PRETRAIN``): aligned faces through the face step, a CosFace head (margin 0.35,
-scale 30) over every identity with at least ``min_photos`` photos, drawn evenly over people
+The recipe (``PRETRAIN``): aligned faces through the face step, a CosFace head (margin
+``PRETRAIN_MARGINS["cosface"]``, 0.35; scale 30) over every identity with at least ``min_photos`` photos, drawn evenly over people
 (class-balanced), flips, shifts, zoom, brightness/contrast and greyscale, AdamW with a one-cycle
 schedule, bf16 autocast where the CPU has AMX. A share of the people (``test_fraction``, at least
 two) never trains: each epoch, pairs of their photos score how well the face prints tell
@@ -24,7 +24,7 @@ import json
 import random
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -34,36 +34,27 @@ from torch import nn
 
 from facerank import atomic
 from facerank.model.base import BaseConfig, save_base
-from facerank.errors import GalleryError
+from facerank.errors import GalleryError, UsageError
 from facerank.faces.cache import DetectionCache
 from facerank.faces.detection import FaceFinder, FaceStep, face_step
 from facerank.data.gallery import GalleryImage, scan_gallery
 from facerank.model.torch_model import FaceModel
 from facerank.model.network import features_and_logits, load_backbone_weights
 from facerank.progress import Progress
-from facerank.training.loop import (FaceCounts, TrainConfig, bf16_is_native, decode_images, epoch_order,
-                            make_optimizer, make_schedule, malloc_keeps_freed_memory,
-                            parameter_groups, plot_history, restore_checkpoint, save_checkpoint,
-                            set_trainable, train_epoch)
+from facerank.training.augmentation import FaceCounts, decode_images
+from facerank.training.loop import (CHECKPOINT_FILE, CURVES_FILE, HISTORY_FILE, bf16_is_native,
+                                    epoch_order, make_optimizer, make_schedule, parameter_groups,
+                                    restore_checkpoint, save_checkpoint, set_trainable,
+                                    train_epoch)
+from facerank.training.memory import malloc_keeps_freed_memory
+from facerank.training.plots import plot_history
+# pretrain_recipe lives with the other recipes (torch-free, for the CLI's help); imported here
+# too, as the recipe this module's pretrain() takes.
+from facerank.training.recipes import (PRETRAIN, PRETRAIN_MARGINS,  # noqa: F401
+                                       PRETRAIN_MIN_PHOTOS, TrainConfig, pretrain_recipe)
 from facerank.quality.verification import best_threshold
 
-CHECKPOINT = "checkpoint.pt"
 PAIRS_PER_PERSON = 10       # same-person pairs drawn per held-out person, at most
-
-PRETRAIN = TrainConfig(preset="pretrain", optimizer="adamw", lr=2e-3, weight_decay=0.05,
-                       batch_size=64, epochs=20, schedule="onecycle", image_size=64,
-                       loss="cosface", margin=0.35, scale=30.0, balanced=True, zoom=0.1,
-                       colour=0.2, greyscale=0.2, test_fraction=0.05)
-
-
-def pretrain_recipe(**overrides) -> TrainConfig:
-    """``PRETRAIN`` with some fields changed: ``pretrain_recipe(epochs=40, image_size=112)``.
-    ``test_fraction`` is the share of *people* held out for the per-epoch pair score."""
-    if overrides.get("loss", "cosface") == "softmax":
-        raise ValueError("pretraining needs a margin loss: cosface or arcface")
-    if overrides.get("loss") == "arcface":
-        overrides.setdefault("margin", 0.3)  # radians: CosFace's 0.35 is too wide as an angle
-    return replace(PRETRAIN, **overrides)
 
 
 @dataclass
@@ -80,13 +71,16 @@ class PretrainResult:
     several_faces: list[str]
     seconds: float
     bf16: bool
+    history_path: str | None = None  # out/HISTORY_FILE
+    curves_path: str | None = None   # out/CURVES_FILE
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
 def pretrain(corpus: str | Path, out: str | Path, config: TrainConfig | None = None, *,
-             weights: str = "imagenet", faces: FaceStep | str = "auto", min_photos: int = 2,
+             weights: str = "imagenet", faces: FaceStep | str = "auto",
+             min_photos: int = PRETRAIN_MIN_PHOTOS,
              resume: bool = False, show_progress: bool = False, checkpoint_every: float = 60.0,
              on_epoch: Callable[[dict], None] | None = None) -> PretrainResult:
     """Pretrain the backbone on ``corpus`` (one folder per person) and save a base in ``out``.
@@ -98,7 +92,8 @@ def pretrain(corpus: str | Path, out: str | Path, config: TrainConfig | None = N
     """
     config = config or PRETRAIN
     if config.loss == "softmax":
-        raise ValueError("pretraining needs a margin loss: cosface or arcface")
+        raise UsageError(f"pretraining needs a margin loss: {' or '.join(PRETRAIN_MARGINS)}; "
+                         f"got {config.loss!r}")
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,7 +149,7 @@ def pretrain(corpus: str | Path, out: str | Path, config: TrainConfig | None = N
 
     history: list[dict] = []
     first_epoch = 1
-    checkpoint_path = out / CHECKPOINT
+    checkpoint_path = out / CHECKPOINT_FILE
     meta = json.dumps({"people": people, "config": asdict(config), "faces": step.to_json(),
                        "weights_origin": weights_origin, "held_out": sorted(held_out)})
     if resume and checkpoint_path.exists():
@@ -208,9 +203,9 @@ def pretrain(corpus: str | Path, out: str | Path, config: TrainConfig | None = N
         held_out_people=sorted(held_out), pairs=len(pairs[0]),
         dropped_people=len(by_person) - len(kept), skipped=skipped, no_face=counts.no_face,
         several_faces=counts.several_faces, seconds=round(time.perf_counter() - started, 2),
-        bf16=use_bf16)
-    atomic.write_json(out / "history.json", {"config": asdict(config), **result.to_json()})
-    plot_history(history, out / "curves.png", held_out_label="unseen people's pairs")
+        bf16=use_bf16, history_path=str(out / HISTORY_FILE), curves_path=str(out / CURVES_FILE))
+    atomic.write_json(out / HISTORY_FILE, {"config": asdict(config), **result.to_json()})
+    plot_history(history, out / CURVES_FILE, held_out_label="unseen people's pairs")
     return result
 
 
