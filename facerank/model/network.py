@@ -8,6 +8,7 @@ disagree on it.
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -109,6 +110,9 @@ def load_backbone_weights(weights: str) -> tuple[dict | None, str]:
     if path.is_dir() and (path / "checkpoint.pt").is_file():
         raise StoreError(f"{path}: its pretraining has not finished (no base.json yet); run "
                          f"`facerank pretrain CORPUS --out {path} --resume` to finish it")
+    if path.is_dir():
+        raise StoreError(f"{path} is a folder but not a base from `facerank pretrain` (it has no "
+                         f"base.json); {_NEXT_STEP}")
     if not path.is_file():
         raise UsageError(f"weights must be 'imagenet', 'none', a facerank base folder or the path "
                          f"of a weights file; {weights!r} is none of these")
@@ -128,18 +132,61 @@ def _imagenet_state() -> dict:
             f"dict, or --weights none to start from random initialisation") from None
 
 
+#: The files ``weights=PATH`` reads as a ResNet50 state dict, by their suffix.
+STATE_FILE_SUFFIXES = (".pth", ".pt", ".safetensors")
+_NEXT_STEP = ("pass a ResNet50 state dict (saved by torch.save(model.state_dict(), PATH) or "
+              "safetensors), a base folder from `facerank pretrain`, imagenet or none")
+
+
 def _read_state_file(path: Path) -> dict:
+    """A ResNet50 state dict from ``path``, or a ``StoreError`` in one line naming the file, what
+    is wrong with it and what to pass instead (never torch's multi-line unpickling advice)."""
+    if path.suffix.lower() not in STATE_FILE_SUFFIXES:
+        raise StoreError(f"{path} is not a ResNet50 state dict ({', '.join(STATE_FILE_SUFFIXES)})"
+                         " nor a base folder from `facerank pretrain`; pass one of those as the "
+                         "weights, or imagenet, or none")
     try:
-        if path.suffix == ".safetensors":
+        if path.suffix.lower() == ".safetensors":
             from safetensors.torch import load_file
 
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise StoreError(f"{path}: cannot read weights ({error})") from None
+    except Exception as error:  # pickle, zip, safetensors and OS errors: all "cannot read it"
+        raise StoreError(f"{path}: cannot read it as weights ({_load_failure(path, error)}); "
+                         f"{_NEXT_STEP}") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # a training checkpoint: take its model part
-    if not isinstance(state, dict):
-        raise StoreError(f"{path}: not a state dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        what = "a dict of non-tensors" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise StoreError(f"{path}: not a state dict (it holds {what}); {_NEXT_STEP}")
+    expected = _resnet50_keys()
+    keys = {k for k in state if not k.startswith("fc.")}
+    missing, unexpected = sorted(expected - keys), sorted(keys - expected)
+    if missing or unexpected:
+        raise StoreError(f"{path}: not a ResNet50 state dict ({len(missing)} missing and "
+                         f"{len(unexpected)} unexpected keys, for example "
+                         f"{(missing + unexpected)[:3]}); {_NEXT_STEP}")
     return state
+
+
+def _load_failure(path: Path, error: Exception) -> str:
+    """The cause of a failed load in a few words, in place of torch's multi-line advice."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror  # missing, unreadable: the file, not its contents
+    text = str(error).strip()
+    if path.suffix.lower() == ".safetensors":
+        return "not a safetensors file" + (f": {text.splitlines()[0][:200]}" if text else "")
+    unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if unsupported:
+        return (f"it pickles a {unsupported.group(1)} object, not only tensors; facerank does "
+                "not unpickle arbitrary objects")
+    return "not a file torch.save wrote: damaged, truncated or another format"
+
+
+def _resnet50_keys() -> set[str]:
+    """The state-dict keys of torchvision's ResNet50 without its ``fc`` (built on the meta
+    device: no memory, no weights)."""
+    with torch.device("meta"):
+        network = _torchvision_models().resnet50(weights=None)
+    return {k for k in network.state_dict() if not k.startswith("fc.")}
