@@ -1,8 +1,17 @@
-"""``facerank``: train, index, query, classify, evaluate and demo from the shell.
+"""``facerank``: train, index, identify, classify, evaluate and demo from the shell.
 
-Every command is a few lines over the library. Errors become one line on stderr and an exit code:
-0 success, 1 a facerank error (missing store, unreadable photo, ...), 2 a usage error, 3 (doctor)
-the gallery has problems, 4 (verify) different people, 5 (query, faces) a photo with no face.
+Every command is a few lines over the library. Errors become one line on stderr, naming the file
+and what to do next, and an exit code:
+
+- 0 success;
+- 1 a facerank error (missing store, unreadable photo, empty index, ...);
+- 2 a usage error (the library's own validation of an argument);
+- 3 ``doctor`` found problems in the gallery;
+- 4 ``verify``: different people;
+- 5 ``identify``, ``closest``, ``classify``, ``faces``, ``verify``: a photo holds no face;
+- 6 ``identify``, ``closest``, ``classify``, ``faces``: some photos of the batch could not be read
+  (each is named; every other photo was answered).
+
 Set ``FACERANK_DEBUG=1`` or pass ``--debug`` for the full traceback.
 """
 
@@ -18,7 +27,7 @@ app = typer.Typer(
     help="Fine-tune ResNet50 on your own people, index its face prints, and ask of a photo "
          "who it is and which gallery images are closest.\n\n"
          "Example:  facerank train GALLERY/ --store faces/ && facerank index build GALLERY/ "
-         "--store faces/ && facerank query photo.jpg --store faces/")
+         "--store faces/ && facerank identify photo.jpg --store faces/")
 index_app = typer.Typer(no_args_is_help=True, help="Build, change and inspect a store's index.")
 app.add_typer(index_app, name="index")
 
@@ -37,10 +46,12 @@ index_app.command("add")(index.add)
 index_app.command("remove")(index.remove)
 index_app.command("export")(index.export)
 index_app.command("info")(index.info)
-app.command()(queries.query)
-app.command()(queries.faces)
+app.command()(queries.identify)
+app.command()(queries.closest)
 app.command()(queries.classify)
 app.command()(queries.verify)
+app.command()(queries.faces)
+app.command("query", hidden=True)(queries.identify)  # the old name, for one version
 app.command()(quality.calibrate)
 app.command()(training.precision)
 app.command()(quality.evaluate)

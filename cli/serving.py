@@ -133,4 +133,4 @@ def demo(
     say(f"4/4 held-out accuracy over {evaluation.images} unseen photos: classifier "
         f"{evaluation.accuracy:.1%}, nearest neighbour {evaluation.nearest_neighbour_accuracy:.1%} "
         f"(from {'random initialisation' if weights == 'none' else weights} weights)")
-    say(f"store left in {store}; try: facerank query {photo} --store {store}")
+    say(f"store left in {store}; try: facerank identify {photo} --store {store}")

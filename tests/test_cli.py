@@ -27,18 +27,22 @@ def test_index_query_classify_evaluate_info(tmp_path, trained, gallery):
     assert json.loads(result.stdout)["added"] == 50
 
     photo = gallery / "s2" / "4.pgm"
-    result = invoke("query", photo, "--store", store, "-k", "3", "--json")
+    result = invoke("identify", photo, "--store", store, "-k", "3", "--json")
     assert result.exit_code == 0, result.output
-    answer = json.loads(result.stdout)
-    assert answer["closest"][0]["path"] == str(photo) and answer["closest"][0]["distance"] < 1e-3
+    answer = json.loads(result.stdout)["faces"][0]
+    assert answer["matches"][0]["path"] == str(photo) and answer["matches"][0]["distance"] < 1e-3
     assert len(answer["people"]) == 5
 
-    result = invoke("query", photo, "--store", store)
+    result = invoke("identify", photo, "--store", store)
     assert result.exit_code == 0 and "closest gallery images" in result.stdout
 
     result = invoke("classify", photo, photo, "--store", store, "--top-k", "2", "--json")
     assert result.exit_code == 0, result.output
-    assert [len(r["people"]) for r in json.loads(result.stdout)] == [2, 2]
+    assert [len(json.loads(line)["people"]) for line in result.stdout.splitlines()] == [2, 2]
+
+    result = invoke("closest", photo, "--store", store, "-k", "2", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["matches"][0]["path"] == str(photo)
 
     plot = tmp_path / "confusion.png"
     result = invoke("evaluate", "--store", store, "--plot", plot, "--json")
@@ -68,7 +72,11 @@ def test_train_command(tmp_path, gallery):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["query", "photo.jpg", "--store", "{tmp}/none"], "no store at"),
+    (["identify", "photo.jpg", "--store", "{tmp}/none"], "no store at {tmp}/none: run `facerank "
+                                                         "train GALLERY --store {tmp}/none`"),
+    (["classify", "photo.jpg", "--store", "{tmp}/none"], "no store at"),
+    (["faces", "photo.jpg", "--store", "{tmp}/none"], "no model in {tmp}/none: run `facerank "
+                                                      "train"),
     (["index", "info", "--store", "{tmp}/none"], "facerank train"),
     (["train", "{tmp}/no-gallery", "--store", "{tmp}/s", "--weights", "none"], "does not exist"),
     (["train", "{tmp}", "--preset", "fast", "--weights", "none"], "sgd, freeze, scratch"),
@@ -77,7 +85,8 @@ def test_train_command(tmp_path, gallery):
 def test_errors_are_one_clear_line_and_nonzero(tmp_path, args, message):
     result = invoke(*[a.replace("{tmp}", str(tmp_path)) for a in args])
     assert result.exit_code in (1, 2)
-    assert message in result.output and "Traceback" not in result.output
+    assert message.replace("{tmp}", str(tmp_path)) in result.output
+    assert "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
 
 
@@ -87,8 +96,8 @@ def test_unreadable_photo_is_named(tmp_path, trained, gallery):
     invoke("index", "build", gallery, "--store", store)
     bad = tmp_path / "bad.jpg"
     bad.write_text("hello")
-    result = invoke("query", bad, "--store", store)
-    assert result.exit_code == 1 and f"{bad}: not an image" in result.output
+    result = invoke("identify", bad, "--store", store)
+    assert result.exit_code == 6 and f"{bad}: not an image" in result.stderr
 
 
 def test_doctor_exit_codes(tmp_path, gallery):
@@ -102,8 +111,9 @@ def test_doctor_exit_codes(tmp_path, gallery):
 
 
 @pytest.mark.parametrize("command", [["train"], ["index", "build"], ["index", "add"],
-                                     ["index", "remove"], ["index", "info"], ["query"],
-                                     ["classify"], ["evaluate"], ["demo"], ["doctor"],
+                                     ["index", "remove"], ["index", "info"],
+                                     ["identify"], ["closest"], ["faces"], ["classify"],
+                                     ["evaluate"], ["demo"], ["doctor"],
                                      ["verify"], ["calibrate"], ["serve"], ["pretrain"]])
 def test_every_command_has_help_with_an_example(command):
     result = invoke(*command, "--help")

@@ -219,16 +219,16 @@ def test_cli_faces_query_all_faces_and_no_face_exit_code(tmp_path, trained, gall
     assert len(json.loads(result.stdout)["faces"]) == 2
     assert drawn.read_bytes()[:4] == b"\x89PNG"
 
-    result = runner.invoke(app, ["query", str(tmp_path / "group.png"), "--store", str(store),
-                                 "--all-faces", "--json", "-k", "1"])
+    result = runner.invoke(app, ["identify", str(tmp_path / "group.png"), "--store", str(store),
+                                 "--json", "-k", "1"])
     assert result.exit_code == 0, result.output
     answer = json.loads(result.stdout)
-    assert sorted(face["closest"][0]["person"] for face in answer["faces"]) == ["s3", "s4"]
+    assert sorted(face["matches"][0]["person"] for face in answer["faces"]) == ["s3", "s4"]
 
     blank = no_face_photo(tmp_path / "blank.png")
     result = runner.invoke(app, ["faces", str(blank)])
     assert result.exit_code == NO_FACE_EXIT and "0 face(s)" in result.output
-    result = runner.invoke(app, ["query", str(blank), "--store", str(store)])
+    result = runner.invoke(app, ["identify", str(blank), "--store", str(store)])
     assert result.exit_code == NO_FACE_EXIT
     assert "no face found; answered for the whole image" in result.output
 

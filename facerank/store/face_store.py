@@ -17,7 +17,7 @@ import numpy as np
 
 from facerank import __version__
 from facerank.model.config import CONFIG_FILE, read_config
-from facerank.errors import NoFaceError, StoreError, StoreMismatchError
+from facerank.errors import ImageError, NoFaceError, StoreError, StoreMismatchError, UsageError
 from facerank.faces.cache import face_finder
 from facerank.faces.detection import Face
 from facerank.folder_lock import FolderLock
@@ -29,8 +29,8 @@ from facerank.store import layout
 from facerank.store.database import Database
 from facerank.store.ingest import COMMIT_EVERY, Engine, LocalEngine, Writer
 from facerank.store.migrate import FORMAT, prepare
-from facerank.store.results import (ChangeReport, FaceAnswer, Match, Prediction, Record,
-                                    Verification)
+from facerank.store.results import (ChangeReport, FaceAnswer, Match, PhotoAnswer, Prediction,
+                                    Record, Verification)
 from facerank.store.snapshot import Snapshot, read_snapshot
 from facerank.store.tuning import tune_base
 from facerank.units import parse_latency, parse_size
@@ -249,6 +249,65 @@ class FaceStore:
                 position += 1
             answers.append(photo)
         return answers[0] if single else answers
+
+    def identify_each(self, photos: Iterable[ImageInput], *, k: int = 5, top_k: int = 5,
+                      every: bool = True, batch_size: int = 32) -> Iterator[PhotoAnswer]:
+        """``identify`` for a batch that must not stop at its first bad photo: one
+        ``PhotoAnswer`` per photo, in order, as each ``batch_size`` of them is answered.
+
+        A photo that cannot be read (missing, not an image, truncated, too large) gets
+        ``error`` naming the file and the fault, and no faces; every other photo is answered.
+        Problems of the store itself (an empty index, another model's index) and bad
+        arguments still raise, before any photo is read. Every answer comes from one snapshot
+        of the store, as if the batch were one query.
+
+        >>> for answer in store.identify_each(Path("holiday").glob("*.jpg"), every=False):
+        ...     print(answer.photo, answer.error or answer.faces[0].people[0].person)
+        """
+        for name, value in (("k", k), ("top_k", top_k), ("batch_size", batch_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UsageError(f"{name} must be a whole number of at least 1, got {value!r}")
+        items = [photos] if is_image_input(photos) else photos  # one photo, or many
+        snapshot = self._queryable()
+        threshold = _threshold(snapshot)
+        chunk: list[ImageInput] = []
+        for photo in items:
+            chunk.append(photo)
+            if len(chunk) == batch_size:
+                yield from self._answer_chunk(snapshot, chunk, k, top_k, every, threshold)
+                chunk = []
+        if chunk:
+            yield from self._answer_chunk(snapshot, chunk, k, top_k, every, threshold)
+
+    def _answer_chunk(self, snapshot: Snapshot, photos: list[ImageInput], k: int, top_k: int,
+                      every: bool, threshold: float | None) -> list[PhotoAnswer]:
+        per_photo: list[list | ImageError] = []
+        for photo in photos:
+            try:
+                per_photo.append(snapshot.faces.inputs(load_image(photo), every=every))
+            except ImageError as error:  # this photo's fault only: the others are answered
+                per_photo.append(error)
+        flat = [item for inputs in per_photo if not isinstance(inputs, ImageError)
+                for item in inputs]
+        if flat:
+            vectors, probabilities = snapshot.model.embed_and_classify(
+                [item.image for item in flat])
+            matches = self._search(snapshot, vectors, k)
+        answers, position = [], 0
+        for photo, inputs in zip(photos, per_photo):
+            if isinstance(inputs, ImageError):
+                answers.append(PhotoAnswer(photo=describe(photo), faces=[], threshold=threshold,
+                                           error=str(inputs)))
+                continue
+            faces = []
+            for item in inputs:
+                nearest = matches[position]
+                faces.append(FaceAnswer(
+                    face=item.face, people=_predictions(snapshot, probabilities[position], top_k),
+                    matches=nearest, unknown=_is_unknown(threshold, nearest[0] if nearest else None)))
+                position += 1
+            answers.append(PhotoAnswer(photo=describe(photo), faces=faces, threshold=threshold))
+        return answers
 
     def find_faces(self, image: ImageInput) -> list[Face]:
         """Every face the store's face step finds in ``image``, largest first (no network)."""
