@@ -222,3 +222,19 @@ def test_under_the_skip_policy_a_faceless_photo_exits_5_in_classify_and_verify(t
     assert good["people"] and blank == {"photo": str(photos["blank"]), "people": [], "error": None}
     result = invoke("verify", photos["good"], photos["blank"], "--store", folder)
     assert result.exit_code == 5 and f"{photos['blank']}: no face found" in result.stderr
+
+
+def test_identify_says_unknown_beyond_the_calibrated_threshold(tmp_path, indexed, gallery):
+    folder = tmp_path / "calibrated"
+    shutil.copytree(indexed, folder)
+    FaceStore.open(folder).set_calibration({"threshold": 1e-3})
+    mirrored = tmp_path / "mirrored.png"  # near its original, but not at distance 0
+    Image.open(gallery / "s2" / "4.pgm").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)
+    result = invoke("identify", mirrored, gallery / "s2" / "4.pgm", "--store", folder,
+                    "--largest", "--json")
+    assert result.exit_code in (0, 5), result.output
+    far, itself = lines(result)
+    assert far["threshold"] == 1e-3 and far["faces"][0]["unknown"] is True
+    assert itself["faces"][0]["unknown"] is False  # a copy: distance under 1e-3
+    result = invoke("identify", mirrored, "--store", folder, "--largest")
+    assert "unknown: the nearest gallery image is" in result.stdout
