@@ -453,8 +453,8 @@ def child_query(spec: str) -> None:
 def query_rows(store: Path, photo: Path, scene: Path, runs: int) -> list[dict]:
     rows = []
     for name, path in (("LFW photo 250x250", photo), ("scene 1280x960", scene)):
-        seconds, codes = wall_times([str(FACERANK), "query", str(path), "--store", str(store)],
-                                    runs)
+        seconds, codes = wall_times([str(FACERANK), "identify", str(path), "--largest",
+                                     "--store", str(store)], runs)
         done = subprocess.run([sys.executable, __file__, "--child-query",
                                json.dumps([str(store), str(path)])],
                               capture_output=True, text=True, check=True)
