@@ -35,6 +35,9 @@ def calibrate(
                f"(asked {far:.2%}); accepts {result.tar:.1%} of same-person pairs "
                f"({result.same_pairs} same, {result.different_pairs} different pairs from the "
                f"{result.source})")
+    report_skipped(result.skipped)
+    if result.caveat:
+        typer.echo(f"caveat: {result.caveat}")
 
 
 @handles_errors
@@ -53,27 +56,38 @@ def evaluate(
                                           "NAME/NAME_0001.jpg."),
     flip: bool = typer.Option(False, "--flip", help="Answer each image as the mean of itself and "
                               "its mirror image (test-time augmentation, twice the work)."),
+    csv_file: Optional[Path] = typer.Option(None, "--csv", help="Also write one row per held-out "
+                                            "photo: truth, answer, probability, rank of the "
+                                            "truth, nearest training image, correct."),
     as_json: bool = JsonOption,
 ):
-    """Accuracy, macro precision/recall/F1 and a confusion matrix on held-out images; or, with
-    --pairs, 1:1 verification: accuracy, ROC AUC and true accepts at 1% false accepts.
+    """Accuracy, macro precision/recall/F1 and a confusion matrix on held-out images, and which
+    photos were wrong; or, with --pairs, 1:1 verification: accuracy, ROC AUC and true accepts at
+    1% false accepts.
 
     Examples:
-      facerank evaluate --store faces/ --plot confusion.png
+      facerank evaluate --store faces/ --plot confusion.png --csv photos.csv
       facerank evaluate --store faces/ --pairs lfw/pairsDevTest.txt \
           --threshold-pairs lfw/pairsDevTrain.txt --images lfw/images
     """
     from facerank.quality.evaluate import evaluate as run_evaluation
 
     folder = store_path(store)
+    if pairs is not None and csv_file is not None:
+        raise typer.BadParameter("--csv lists held-out photos; it does not apply to --pairs")
     if pairs is not None:
         return _evaluate_pairs(folder, pairs, threshold_pairs, images, flip, plot, as_json)
     from facerank.data.gallery import TRAIN_FOLDER
 
     plot = plot or folder / TRAIN_FOLDER / "confusion.png"
+    if csv_file is not None and csv_file.is_dir():
+        raise typer.BadParameter(f"--csv {csv_file} is a folder; give a file name")
     result = run_evaluation(folder, gallery, confusion_png=plot, flip=flip)
+    if csv_file is not None:
+        result.write_csv(csv_file)
     if as_json:
-        emit_json({**result.to_json(), "confusion_png": str(plot)})
+        emit_json({**result.to_json(), "confusion_png": str(plot),
+                   "csv": None if csv_file is None else str(csv_file)})
         return
     report_skipped(result.skipped)
     typer.echo(f"{result.images} held-out images of {result.people} people")
@@ -84,54 +98,40 @@ def evaluate(
                    f"{result.nearest_neighbour_accuracy:.1%}")
     if result.unknown_people:
         typer.echo(f"  not scored (unknown to the classifier): {', '.join(result.unknown_people)}")
-    typer.echo(f"confusion matrix: {plot}")
+    wrong = [photo for photo in result.photos if not photo.correct]
+    if wrong:
+        typer.echo(f"wrong ({len(wrong)} of {result.images}):")
+        for photo in wrong[:20]:
+            nearest = ("" if photo.nearest_person is None else
+                       f"; nearest training image {photo.nearest_path} ({photo.nearest_person}, "
+                       f"distance {photo.nearest_distance:.3f})")
+            typer.echo(f"  {photo.photo}: {photo.person} taken for {photo.predicted} "
+                       f"({photo.probability:.0%}; the truth ranked {photo.rank + 1}){nearest}")
+        if len(wrong) > 20:
+            typer.echo(f"  ... and {len(wrong) - 20} more (use --csv or --json for all)")
+    typer.echo(f"confusion matrix: {plot}" + (f"; per photo: {csv_file}" if csv_file else ""))
 
 
 def _evaluate_pairs(folder: Path, pairs_file: Path, threshold_file: Optional[Path],
                     images: Optional[Path], flip: bool, plot: Optional[Path], as_json: bool):
+    from facerank.data.gallery import TRAIN_FOLDER
+    from facerank.quality.verification import evaluate_pairs
     from facerank.store import FaceStore
-    import numpy as np
-
-    from facerank.quality.verification import (distances, plot_distance_histogram, plot_roc, read_pairs,
-                                       score_at, score_pairs)
 
     if images is None:
         raise typer.BadParameter("--pairs needs --images, the folder of NAME/NAME_0001.jpg")
-    store = FaceStore.open(folder)
-
-    def embed(paths):
-        vectors = store.embed(list(paths))
-        if flip:
-            from PIL import ImageOps
-
-            from facerank.data.images import load_image
-
-            mirrored = store.embed([ImageOps.mirror(load_image(p)) for p in paths])
-            vectors = (vectors + mirrored) / 2
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors
-    test = read_pairs(pairs_file, images)
-    d_test = distances(embed, test)
-    if threshold_file is not None:
-        chosen_on = read_pairs(threshold_file, images)
-        score = score_pairs(distances(embed, chosen_on), chosen_on.same, d_test, test.same)
-    elif store.threshold is not None:
-        score = score_at(store.threshold, d_test, test.same)
-    else:
-        raise typer.BadParameter("no threshold: pass --threshold-pairs, or run `facerank "
-                                 "calibrate` first")
-    from facerank.data.gallery import TRAIN_FOLDER
-
     plot = plot or folder / TRAIN_FOLDER / "pairs.png"
-    plot_roc({"facerank": (d_test, test.same)}, plot.with_name(plot.stem + "-roc.png"))
-    plot_distance_histogram(d_test, test.same, plot, threshold=score.threshold)
+    roc = plot.with_name(plot.stem + "-roc.png")
+    score = evaluate_pairs(FaceStore.open(folder), pairs_file, images,
+                           threshold_pairs=threshold_file, flip=flip, histogram_png=plot,
+                           roc_png=roc)
     if as_json:
         emit_json({**score.to_json(), "histogram_png": str(plot)})
         return
     typer.echo(f"{score.pairs} pairs: accuracy {score.accuracy:.1%} at distance threshold "
                f"{score.threshold:.3f}, ROC AUC {score.auc:.3f}, "
                f"true accepts at {score.far:.0%} false accepts {score.tar_at_far:.1%}")
-    typer.echo(f"distance histogram: {plot}; ROC: {plot.with_name(plot.stem + '-roc.png')}")
+    typer.echo(f"distance histogram: {plot}; ROC: {roc}")
 
 
 @handles_errors
@@ -162,6 +162,8 @@ def doctor(
                       whole=opened is None or opened.model.config.faces.no_face == "whole")
         for finding in report.findings:
             typer.echo(f"  [{finding.kind}] {' <-> '.join(finding.paths)}: {finding.detail}")
+        if report.caveat:
+            typer.echo(f"caveat: {report.caveat}")
         summary = report.to_json()["summary"]
         typer.echo("no problems found" if not summary else
                    "found: " + ", ".join(f"{n} {kind}" for kind, n in sorted(summary.items())))

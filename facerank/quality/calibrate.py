@@ -5,6 +5,10 @@ distributions of distances: same person and different people. The threshold is t
 below which only ``far`` of the different-people pairs fall. It is stored with the store and
 tied to its model: ``verify`` uses it, and queries whose nearest gallery image lies beyond it
 are answered "unknown" rather than with the nearest stranger.
+
+A threshold is only as good as the model under it: where fewer than ``WEAK_TAR`` of the
+same-person pairs fall under it, ``Calibration.caveat`` says so in words (``doctor`` measures its
+store's model the same way before trusting its neighbours).
 """
 
 from __future__ import annotations
@@ -13,12 +17,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from facerank.errors import ImageError, StoreError
+from facerank.errors import ImageError, StoreError, UsageError
 from facerank.faces.cache import read_file_input
 from facerank.data.gallery import read_split
 
 #: Pairwise distances grow as n²; beyond this many images a seeded sample is used.
 MAX_IMAGES = 3000
+#: Below this share of same-person pairs accepted at the chosen false-accept rate, the model
+#: barely separates people: the threshold would answer most true matches "unknown".
+WEAK_TAR = 0.5
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,8 @@ class Calibration:
     source: str             # "held-out split" or "index"
     # (file, why) for the images left out: unreadable, or no face where the store skips those.
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    # Set when tar < WEAK_TAR: what that means for the answers, and what to do about it.
+    caveat: str | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -43,7 +52,7 @@ def calibrate(store, *, far: float = 0.01, save: bool = True) -> Calibration:
     >>> calibrate(facerank.open("faces/"), far=0.01).threshold
     """
     if not 0.0 < far < 1.0:
-        raise ValueError(f"far must be between 0 and 1, got {far}")
+        raise UsageError(f"far must be between 0 and 1, got {far}")
     items, source = _pairs_source(store)
     if len(items) > MAX_IMAGES:
         chosen = np.random.default_rng(0).choice(len(items), MAX_IMAGES, replace=False)
@@ -60,24 +69,56 @@ def calibrate(store, *, far: float = 0.01, save: bool = True) -> Calibration:
         else:
             images.append(image)
             people.append(person)
-    vectors = store.model.embed(images)
-    labels = np.array(people)
+    result = calibrate_vectors(store.model.embed(images), people, far=far, source=source,
+                               skipped=skipped)
+    if save:
+        store.set_calibration({k: v for k, v in result.to_json().items() if k != "skipped"})
+    return result
+
+
+def calibrate_vectors(vectors: np.ndarray, people, *, far: float = 0.01, source: str = "vectors",
+                      skipped=()) -> Calibration:
+    """The threshold at false-accept rate ``far`` over every pair of ``vectors`` (one row per
+    image, ``people[i]`` the person of row ``i``): what ``calibrate`` computes from a store.
+
+    >>> calibrate_vectors(store.embed(paths), [p.parent.name for p in paths]).threshold
+    """
+    if not 0.0 < far < 1.0:
+        raise UsageError(f"far must be between 0 and 1, got {far}")
+    vectors = np.asarray(vectors, dtype=np.float64)
+    labels = np.asarray(people)
+    if len(labels) != len(vectors):
+        raise UsageError(f"{len(vectors)} vectors but {len(labels)} people; give one per vector")
     squared = (vectors ** 2).sum(1)
     distances = np.sqrt(np.maximum(squared[:, None] + squared[None] - 2 * vectors @ vectors.T, 0))
     upper = np.triu_indices(len(vectors), 1)
     same_person = labels[upper[0]] == labels[upper[1]]
     same, different = distances[upper][same_person], distances[upper][~same_person]
     if len(same) == 0 or len(different) == 0:
-        raise StoreError("calibration needs at least two images of one person and two people; "
-                         f"found {len(same)} same-person and {len(different)} different pairs")
+        raise StoreError(f"calibration needs at least two images of one person and two people "
+                         f"in the {source}; found {len(same)} same-person and {len(different)} "
+                         "different pairs: train with a held-out split (the default) or index "
+                         "more images, then calibrate again")
     threshold = _threshold_at(np.sort(different), far)
-    result = Calibration(threshold=threshold, far=far,
-                         measured_far=float(np.mean(different <= threshold)),
-                         tar=float(np.mean(same <= threshold)), same_pairs=int(len(same)),
-                         different_pairs=int(len(different)), source=source, skipped=skipped)
-    if save:
-        store.set_calibration({k: v for k, v in result.to_json().items() if k != "skipped"})
-    return result
+    tar = float(np.mean(same <= threshold))
+    return Calibration(threshold=threshold, far=far,
+                       measured_far=float(np.mean(different <= threshold)), tar=tar,
+                       same_pairs=int(len(same)), different_pairs=int(len(different)),
+                       source=source, skipped=list(skipped), caveat=weak_model_caveat(tar, far))
+
+
+def weak_model_caveat(tar: float, far: float) -> str | None:
+    """Words for a threshold that accepts fewer than ``WEAK_TAR`` of same-person pairs, or None.
+
+    >>> weak_model_caveat(0.2, 0.01)
+    'weak model: at 1% false accepts it accepts only 20% of same-person pairs, ...'
+    """
+    if tar >= WEAK_TAR:
+        return None
+    return (f"weak model: at {far * 100:g}% false accepts it accepts only {tar:.0%} of "
+            "same-person pairs, so most true matches will be answered unknown and this "
+            "threshold means little; train longer or from better weights (imagenet, or a face "
+            "base from `facerank pretrain`), then calibrate again")
 
 
 def _threshold_at(different_sorted: np.ndarray, far: float) -> float:

@@ -6,6 +6,12 @@ trained store is given, images whose nearest neighbours all belong to another pe
 face step (the store's, else dlib's HOG detector where the ``faces`` extra is installed) it also
 names the photos in which no face is found and those with several faces: notes while no-face
 photos are used whole, a finding when the store's policy skips them.
+
+Likely mislabels are only as good as the model's neighbours, so the store's model is measured
+first, the way ``calibrate`` measures it (true accepts at ``MODEL_CHECK_FAR`` false accepts on
+its held-out split). Where it barely separates people, the findings are kept but qualified (each
+says so, and ``DoctorReport.caveat`` says why): a weak model still catches a photo moved between
+clear-cut people, yet also flags photos it merely gets wrong, so a person should look.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ MAX_ASPECT = 4.0
 #: distinct photos (same person, same pose) differed by 10.
 HASH_SIDE = 16
 NEAR_DUPLICATE_BITS = 10
+#: The false-accept rate the store's model is checked at before its neighbours are trusted.
+MODEL_CHECK_FAR = 0.01
 
 
 @dataclass
@@ -51,6 +59,10 @@ class DoctorReport:
     faces: str = ""                                         # the face step used, in words
     no_face: list[str] = field(default_factory=list)        # photos with no face found
     several_faces: list[str] = field(default_factory=list)  # the largest is taken as the person
+    # How well the store's model separates people (tar, far, source, same_pairs, different_pairs;
+    # or the reason it could not be measured); None without a store.
+    model_check: dict | None = None
+    caveat: str | None = None  # why the likely_mislabel findings need a person's eye, if they do
 
     def count(self, kind: str) -> int:
         return sum(1 for f in self.findings if f.kind == kind)
@@ -141,8 +153,31 @@ def diagnose(gallery: str | Path, *, store=None, min_images: int = 2,
                 "needed to hold one out for testing"))
 
     if store is not None and len(readable) > neighbours:
+        _check_model(report, store)
         _find_mislabels(report, readable, store, neighbours)
     return report
+
+
+def _check_model(report: DoctorReport, store) -> None:
+    """Measure the store's model as ``calibrate`` does (nothing saved); set the caveat if weak."""
+    from facerank.errors import StoreError
+    from facerank.quality.calibrate import calibrate
+
+    try:
+        check = calibrate(store, far=MODEL_CHECK_FAR, save=False)
+    except StoreError as error:
+        report.model_check = {"error": str(error)}
+        report.caveat = ("the store's model could not be measured, so its likely mislabels are "
+                         f"unchecked guesses ({error})")
+        return
+    report.model_check = {"tar": check.tar, "far": check.far, "source": check.source,
+                          "same_pairs": check.same_pairs, "different_pairs": check.different_pairs}
+    if check.caveat is not None:
+        report.caveat = (f"the store's model accepts only {check.tar:.0%} of same-person pairs at "
+                         f"{check.far * 100:g}% false accepts ({check.source}): it barely "
+                         "separates people, so a likely mislabel may be its own mistake rather "
+                         "than the gallery's; look at each one, or train a stronger model and "
+                         "run doctor again")
 
 
 def _find_mislabels(report: DoctorReport, readable, store, neighbours: int) -> None:
@@ -168,10 +203,11 @@ def _find_mislabels(report: DoctorReport, readable, store, neighbours: int) -> N
         if images_of[person] <= 1 or any(p == person for _, p, _ in others):
             continue
         names = sorted({p for _, p, _ in others})
+        qualified = "" if report.caveat is None else " (a weak model's guess: see the caveat)"
         report.findings.append(Finding(
             "likely_mislabel", [path],
             f"filed under {person}, but its {neighbours} nearest images are of "
-            f"{', '.join(names)}"))
+            f"{', '.join(names)}{qualified}"))
 
 
 def _near_pairs(hashes: list[np.ndarray]) -> list[tuple[int, int, int]]:

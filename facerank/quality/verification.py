@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from facerank import atomic
-from facerank.errors import GalleryError
+from facerank.errors import GalleryError, StoreError
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,12 @@ def read_pairs(pairs_file: str | Path, images_root: str | Path, *, suffix: str =
     """Read an LFW-format pairs file; image paths are ``images_root/name/name_NNNN.jpg``."""
     pairs_file, root = Path(pairs_file), Path(images_root)
     left, right, same = [], [], []
-    lines = pairs_file.read_text("utf-8").splitlines()
+    try:
+        lines = pairs_file.read_text("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise GalleryError(f"{pairs_file}: cannot read it as a pairs file ({reason}); pass an "
+                           "LFW-format pairs file such as pairsDevTest.txt") from None
     for number, line in enumerate(lines[1:], start=2):
         fields = line.split()
         if not fields:
@@ -187,3 +192,48 @@ def _save(figure, path: str | Path) -> None:
     atomic.write_with(Path(path), lambda temporary: figure.savefig(temporary, format="png",
                                                                    dpi=100))
     _pyplot().close(figure)
+
+
+def evaluate_pairs(store, pairs_file: str | Path, images_root: str | Path, *,
+                   threshold_pairs: str | Path | None = None, far: float = 0.01,
+                   flip: bool = False, batch_size: int = 32,
+                   histogram_png: str | Path | None = None, roc_png: str | Path | None = None
+                   ) -> VerificationScore:
+    """Score ``store`` on LFW-format pairs: at the threshold chosen on ``threshold_pairs``, else
+    at the store's calibrated threshold; ``flip`` answers each image as the mean of itself and
+    its mirror image. Optionally plots the distance histogram and the ROC curve.
+
+    >>> evaluate_pairs(store, "lfw/pairsDevTest.txt", "lfw/images",
+    ...                threshold_pairs="lfw/pairsDevTrain.txt").accuracy
+    """
+    from facerank.quality.evaluate import embed_and_classify, network_inputs
+
+    if threshold_pairs is None and store.threshold is None:
+        raise StoreError(f"{store.folder} has no calibrated threshold to score the pairs at: "
+                         "pass pairs to choose it on (LFW's pairsDevTrain.txt; --threshold-pairs)"
+                         f", or run `facerank calibrate --store {store.folder}` first")
+
+    def embed(paths):
+        paths = list(paths)
+        missing = next((path for path in paths if not path.is_file()), None)
+        if missing is not None:
+            raise GalleryError(f"{missing}: no such image; the images folder ({images_root}) "
+                               "must hold NAME/NAME_0001.jpg for every name in the pairs file")
+        return np.concatenate([
+            embed_and_classify(store.model, network_inputs(store, paths[i:i + batch_size]),
+                               batch_size=batch_size, flip=flip)[0]
+            for i in range(0, len(paths), batch_size)])
+
+    test = read_pairs(pairs_file, images_root)
+    d_test = distances(embed, test)
+    if threshold_pairs is not None:
+        chosen_on = read_pairs(threshold_pairs, images_root)
+        score = score_pairs(distances(embed, chosen_on), chosen_on.same, d_test, test.same,
+                            far=far)
+    else:
+        score = score_at(store.threshold, d_test, test.same, far=far)
+    if roc_png is not None:
+        plot_roc({"facerank": (d_test, test.same)}, roc_png)
+    if histogram_png is not None:
+        plot_distance_histogram(d_test, test.same, histogram_png, threshold=score.threshold)
+    return score

@@ -180,6 +180,8 @@ class FaceStore:
             "index_memory_budget": meta.get("index_memory_budget"),
             "index_is_stale": self.is_stale, "faces": config.faces.to_json(),
             "threshold": _threshold(snapshot),
+            # The false-accept rate the threshold was calibrated at (None: not calibrated).
+            "threshold_far": _calibration(snapshot).get("far"),
             "pending_changes": len(snapshot.delta) + len(snapshot.removed),
             "images_per_person": dict(sorted(counts.items())),
         }
@@ -567,11 +569,16 @@ def _tuning_summary(tuning: dict | None) -> dict | None:
     return {key: value for key, value in tuning.items() if key != "sweep"}
 
 
-def _threshold(snapshot: Snapshot) -> float | None:
+def _calibration(snapshot: Snapshot) -> dict:
+    """The stored calibration (see ``facerank.quality.calibrate``), or {} if none is valid."""
     calibration = snapshot.meta.get("calibration") or {}
     if calibration.get("model_identity") != snapshot.model.config.identity:
-        return None  # calibrated for another model: meaningless now
-    return calibration.get("threshold")
+        return {}  # calibrated for another model: meaningless now
+    return calibration
+
+
+def _threshold(snapshot: Snapshot) -> float | None:
+    return _calibration(snapshot).get("threshold")
 
 
 def _is_unknown(threshold: float | None, match: Match | None) -> bool | None:
