@@ -7,7 +7,7 @@ The event loop never waits on a model or a store: it only parses requests and aw
 model and store call (decoding an uploaded photo and making a thumbnail too) runs on a worker
 thread, at most ``max_concurrent`` at once (by default one); requests beyond that wait
 on a semaphore without holding a thread, and ``/api/health`` is answered on the loop itself,
-never queued behind model work. Writes to one store (enrol, remove) queue behind one another on
+never queued behind model work. Writes to one store (add, remove) queue behind one another on
 a lock that is also awaited without holding a thread; queries keep answering from a consistent
 state meanwhile.
 
@@ -17,11 +17,17 @@ limited on its own as well (413). Uploads are recognised by their content rather
 name (415 otherwise), re-encoded before anything is written, and saved under names the server
 chooses; no path from a client ever reaches the file system; thumbnails come only from a
 store's own records. Changes need the bearer ``token`` when one is set. With a ``read_token``,
-the answers (the store list and info, which name people, thumbnails, identify, closest, faces,
-verify) need it or the write token; ``/api/health`` and the page stay open (the page sends a
+the answers (the store list and info, which name people, thumbnails, identify, classify,
+closest, faces, verify) need it or the write token; ``/api/health`` and the page stay open (the page sends a
 token given in its address as ``#token=...`` or typed into the field it shows when asked).
 The CLI binds to 127.0.0.1 unless told otherwise, and refuses any other address without
 ``--token`` unless given ``--insecure-no-token``.
+
+The answers are the library's own: ``PhotoAnswer.to_json()`` for ``/identify`` (the line
+``facerank identify --json`` prints for the photo), ``Match``, ``Prediction``, ``Face`` and
+``Verification`` as their ``to_json`` give them, and a ``ChangeReport`` for a change. The
+pydantic models below only describe those shapes in the OpenAPI document (tests/test_openapi.py
+checks every answer against them); the JSON sent is ``to_json``'s, untouched.
 """
 
 from __future__ import annotations
@@ -30,27 +36,27 @@ import asyncio
 import hashlib
 import hmac
 import io
-from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facerank import __version__, atomic
-from facerank.errors import FacerankError, ImageError, NoFaceError, StoreLockedError
+from facerank.errors import FacerankError, ImageError, NoFaceError, StoreError, UsageError
 from facerank.data.images import load_image
-from facerank.store import FaceAnswer, FaceStore, Match
+from facerank.store import FaceStore, PhotoAnswer
 from facerank.store.layout import UPLOAD_FOLDER
 
 DEFAULT_MAX_UPLOAD = 10 * 1024 * 1024
 # A request body may carry this many full-size photos (verify's pair) plus the multipart
-# headers and boundaries around them; enrol sends more photos in more requests.
+# headers and boundaries around them; adding sends more photos in more requests.
 PHOTOS_PER_REQUEST = 2
 MULTIPART_SLACK = 64 * 1024
 THUMBNAIL_SIDE = 160
@@ -60,22 +66,157 @@ PAGE = Path(__file__).parent / "web" / "index.html"
 NO_FACE_DETAIL = ("no face found in {}: this store answers for faces only; try a photo where a "
                   "face is larger and seen from the front")
 
-# The error answers every photo endpoint may give, for the OpenAPI schema.
-_PHOTO_ERRORS = {
-    413: {"description": "A photo, or the whole request, is larger than the server's upload "
-                         "limit."},
-    415: {"description": "A photo cannot be read as an image."},
-}
-_NO_FACE = {
-    422: {"description": "No face found in a photo, where the store's face step skips photos "
-                         "without one (`detail`: \"no face found ...\"); or an invalid "
-                         "parameter."},
-}
+# -- what the answers look like, for the OpenAPI document -------------------------------------------
+# Descriptions only: each endpoint sends the library's ``to_json`` as it is (a JSONResponse, which
+# FastAPI does not filter through these models). ``extra="forbid"`` makes the schema list every
+# key, so tests/test_openapi.py fails if ``to_json`` and the document ever disagree.
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MatchJSON(_Shape):
+    """A gallery image near the query (``Match.to_json``): ``rank`` 0 is the closest. ``id``
+    names its thumbnail: ``GET /api/stores/{name}/thumbnails/{id}``."""
+    rank: int
+    person: str
+    distance: float
+    path: str
+    id: int
+
+
+class PredictionJSON(_Shape):
+    """A person the face may be, with the classifier's probability (``Prediction.to_json``)."""
+    rank: int
+    person: str
+    probability: float
+
+
+class FaceJSON(_Shape):
+    """A face found in a photo (``Face.to_json``): ``box`` is [left, top, right, bottom] in the
+    photo's pixels; ``landmarks`` maps 5 point names to [x, y]."""
+    box: list[int] = Field(min_length=4, max_length=4)
+    confidence: float
+    landmarks: dict[str, list[float]]
+
+
+class FaceAnswerJSON(_Shape):
+    """One face's answer (``FaceAnswer.to_json``): ``face`` is null where the whole image was
+    used; ``unknown`` is null until a threshold is calibrated."""
+    face: FaceJSON | None
+    people: list[PredictionJSON]
+    matches: list[MatchJSON]
+    unknown: bool | None
+
+
+class PhotoAnswerJSON(_Shape):
+    """A photo's answer (``PhotoAnswer.to_json``), a face at a time, largest first."""
+    photo: str
+    faces: list[FaceAnswerJSON]
+    threshold: float | None
+    error: str | None
+
+
+# The three below are the lines `facerank classify/closest/faces --json` print for a photo; the
+# REST API answers an unreadable photo with a status (415), so its `error` is always null.
+
+class ClassifyJSON(_Shape):
+    """The classifier's most probable people for the largest face."""
+    photo: str
+    people: list[PredictionJSON]
+    error: None
+
+
+class ClosestJSON(_Shape):
+    """The gallery images nearest the largest face, closest first."""
+    photo: str
+    matches: list[MatchJSON]
+    error: None
+
+
+class FacesJSON(_Shape):
+    """The faces in a photo, largest first, and the photo's size in pixels."""
+    photo: str
+    width: int
+    height: int
+    faces: list[FaceJSON]
+    error: None
+
+
+class VerificationJSON(_Shape):
+    """Two faces compared (``Verification.to_json``): ``same`` is null until a threshold is
+    calibrated."""
+    distance: float
+    threshold: float | None
+    same: bool | None
+
+
+class ChangeJSON(_Shape):
+    """What an addition or a removal did (``ChangeReport.to_json``) and the images indexed
+    after it, as ``facerank index add/remove --json`` prints."""
+    added: int
+    updated: int
+    removed: int
+    unchanged: int
+    reembedded: int
+    moved: int
+    skipped: list[list[str]]
+    no_face: list[str]
+    several_faces: list[str]
+    images: int
+
+
+class HealthJSON(_Shape):
+    status: str
+    version: str
+    stores: list[str]
+
+
+class StoreJSON(_Shape):
+    name: str
+    images: int
+    indexed_people: int
+    classifier_people: int
+    image_size: int
+    weights_origin: str | None
+
+
+class StoreInfoJSON(BaseModel):
+    """``facerank index info --json`` without the store's folder (more keys than listed)."""
+    name: str
+    images: int
+    images_per_person: dict[str, int]
+
+
+class Problem(_Shape):
+    """Why a request got no answer: a sentence (or, for malformed parameters, FastAPI's list of
+    what is wrong with each)."""
+    detail: str | list[dict[str, Any]]
+
+
+def _errors(**described: str) -> dict:
+    """OpenAPI ``responses`` for error statuses: ``_errors(e404="...")``."""
+    return {int(key[1:]): {"model": Problem, "description": text}
+            for key, text in described.items()}
+
+
+_STORE = _errors(e404="No store of that name is served (`detail` names those that are).")
+_INVALID = _errors(e422="A parameter is missing or invalid (a number out of its range, a field "
+                        "left out).")
+_PHOTO = {**_INVALID, **_errors(
+    e400="The body is not well-formed `multipart/form-data`.",
+    e413="A photo, or the whole request, is larger than the server's upload limit.",
+    e415="A photo cannot be read as an image (its content decides, not its name).")}
+_NO_FACE = _errors(e422="A parameter is missing or invalid; or no face was found in a photo where "
+                        "the store's face step skips photos without one (`detail`: \"no face "
+                        "found in ...\").")
+_NOT_READY = _errors(e409="The store cannot answer this yet: its index is empty or was built by "
+                          "another model (`detail` says which `facerank index build` to run).")
+_LOCKED = _errors(e409="Another process is writing to the store (a `facerank index` command): "
+                       "try again once it is done.")
 # Declared only on the endpoints that need a token on this server (see create_app).
-_TOKEN_ERRORS = {
-    401: {"description": "No `Authorization: Bearer <token>` header was sent."},
-    403: {"description": "The bearer token is wrong."},
-}
+_TOKEN_ERRORS = _errors(e401="No `Authorization: Bearer <token>` header was sent.",
+                        e403="The bearer token is wrong.")
 
 T = TypeVar("T")
 
@@ -162,7 +303,7 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
                max_concurrent: int | None = None) -> FastAPI:
     """The FastAPI application serving ``stores`` (folders; named by folder name or dict key).
 
-    ``token``: the bearer token that enrolling and removing need (None: anyone may).
+    ``token``: the bearer token that adding and removing need (None: anyone may).
     ``read_token``: when set, listing stores, store info, thumbnails and every query need it
     (or ``token``) too; it needs ``token``, as protecting answers while anyone may change them
     would be no protection. ``max_upload_bytes``: the largest photo; a request body may carry
@@ -177,18 +318,18 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
     >>> uvicorn.run(app, host="127.0.0.1", port=8000)
     """
     if not stores:
-        raise ValueError("serve needs at least one store")
+        raise UsageError("serve needs at least one store")
     token, read_token = token or None, read_token or None  # "" (an empty variable) means none
     if read_token and not token:
-        raise ValueError("a read token without a write token would leave enrolling and "
+        raise UsageError("a read token without a write token would leave adding and "
                          "removing open to anyone; set a write token too (`token`; --token on the "
                          "command line)")
     workers = DEFAULT_CONCURRENCY if max_concurrent is None else max_concurrent
     if workers < 1:
-        raise ValueError(f"max_concurrent must be at least 1, not {max_concurrent}")
+        raise UsageError(f"max_concurrent must be at least 1, not {max_concurrent}")
     named = stores if isinstance(stores, dict) else {Path(s).resolve().name: s for s in stores}
     if len(named) < len(stores):
-        raise ValueError("two stores have the same folder name; pass a dict of names to folders")
+        raise UsageError("two stores have the same folder name; pass a dict of names to folders")
     served = {name: _Served(name, FaceStore.open(folder)) for name, folder in named.items()}
     page_html = PAGE.read_text("utf-8")  # read once: it is part of the package, not of the store
 
@@ -250,19 +391,15 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
             # The store's message names the in-memory upload and a training flag: neither
             # means anything to a client.
             return JSONResponse({"detail": NO_FACE_DETAIL.format("the photo")}, status_code=422)
-        status = 409 if isinstance(error, StoreLockedError) else 400
-        return JSONResponse({"detail": str(error)}, status_code=status)
+        if isinstance(error, StoreError):
+            # The store's state, not the request, is what stands in the way (an index to build,
+            # another process writing): the same request succeeds once that is done.
+            return JSONResponse({"detail": str(error)}, status_code=409)
+        return JSONResponse({"detail": str(error)}, status_code=500)
 
-    def match_json(name: str, match: Match) -> dict:
-        # The file's name only: the server's folders are none of the client's business.
-        return {"rank": match.rank, "person": match.person, "distance": match.distance,
-                "id": match.id, "file": Path(match.path).name,
-                "thumbnail": f"/api/stores/{name}/thumbnails/{match.id}"}
-
-    def face_json(name: str, answer: FaceAnswer) -> dict:
-        data = answer.to_json()
-        del data["matches"]  # full paths: replaced by closest entries shaped as /closest's
-        return {**data, "closest": [match_json(name, m) for m in answer.matches]}
+    def answer(data: dict) -> JSONResponse:
+        # Sent as built: FastAPI would otherwise pass it through the endpoint's response model.
+        return JSONResponse(data)
 
     # -- open to all -----------------------------------------------------------------------------
 
@@ -270,7 +407,7 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
     async def page():
         return HTMLResponse(page_html)
 
-    @app.get("/api/health")
+    @app.get("/api/health", response_model=HealthJSON)
     async def health():
         """Liveness: the stores this process serves. Answered on the event loop at once, never
         queued behind model work."""
@@ -278,110 +415,132 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
 
     # -- reading ---------------------------------------------------------------------------------
 
-    @app.get("/api/stores", dependencies=reading, responses=read_errors)
+    @app.get("/api/stores", dependencies=reading, response_model=list[StoreJSON],
+             responses=read_errors)
     async def list_stores():
         """Every store with its summary."""
         return await compute(lambda: [{"name": name, **_summary(s.store)}
                                       for name, s in served.items()])
 
-    @app.get("/api/stores/{name}", dependencies=reading, responses=read_errors)
+    @app.get("/api/stores/{name}", dependencies=reading, response_model=StoreInfoJSON,
+             responses={**_STORE, **read_errors})
     async def store_info(entry: _Served = Depends(get_store)):
-        """One store: model, preprocessing, index size, images per person."""
+        """One store: model, preprocessing, index size, images per person (`facerank index
+        info --json` without the store's folder)."""
         info = await compute(entry.store.info)
         info.pop("store", None)  # the server's folder is none of the client's business
-        return {"name": entry.name, **info}
+        return answer({"name": entry.name, **info})
 
-    @app.post("/api/stores/{name}/identify", dependencies=reading,
-              responses={**_PHOTO_ERRORS, **_NO_FACE, **read_errors})
-    async def identify(photo: UploadFile = File(...), top_k: int = Query(5, ge=1, le=100),
+    @app.post("/api/stores/{name}/identify", dependencies=reading, response_model=PhotoAnswerJSON,
+              responses={**_STORE, **_PHOTO, **_NOT_READY, **read_errors})
+    async def identify(photo: UploadFile = File(...), k: int = Query(5, ge=1, le=100),
+                       top_k: int = Query(5, ge=1, le=100),
+                       largest: bool = Query(False, description="Answer for the largest face "
+                                             "only."),
                        entry: _Served = Depends(get_store)):
-        """Who is it: the top people with probabilities from the fine-tuned classifier.
+        """Who is in the photo: every face, largest first, with its box and landmarks, the
+        `top_k` most probable people, the `k` closest gallery images, and `unknown`.
 
-        With a face step, the answer is for the largest face in the photo (`/faces` answers
-        for every face). `unknown` is true when the nearest gallery image lies beyond the
-        store's calibrated threshold (`facerank calibrate`), null when no threshold has been
-        calibrated.
+        The answer is `PhotoAnswer.to_json()`, the line `facerank identify --json` prints for
+        the photo (`photo` is the upload's file name). `unknown` is true when a face's nearest
+        gallery image lies beyond the store's calibrated threshold (`facerank calibrate`), null
+        when none is calibrated. A photo without a face gets `faces: []` where the store's face
+        step skips such photos, or one answer for the whole image (`face` null) where it uses
+        the whole image (always so for a store without a face step). With an empty index (a
+        store trained but not yet built) the people are still answered; `matches` are empty.
         """
         image = await read_photo(photo)
 
-        def answer():
-            matches, predictions = entry.store.query(image, k=1, top_k=top_k)
-            nearest = matches[0] if matches else None
-            return {"people": [asdict(p) for p in predictions],
-                    "unknown": entry.store.is_unknown(nearest),
-                    "nearest_distance": nearest.distance if nearest else None,
-                    "threshold": entry.store.threshold}
+        def identified():
+            store = entry.store
+            faces = store.identify(image, k=k, top_k=top_k, every=not largest)
+            return PhotoAnswer(photo=_name(photo), faces=faces,
+                               threshold=store.threshold).to_json()
 
-        return await compute(answer)
+        return answer(await compute(identified))
 
-    @app.post("/api/stores/{name}/closest", dependencies=reading,
-              responses={**_PHOTO_ERRORS, **_NO_FACE, **read_errors})
+    @app.post("/api/stores/{name}/classify", dependencies=reading, response_model=ClassifyJSON,
+              responses={**_STORE, **_PHOTO, **_NO_FACE, **read_errors})
+    async def classify(photo: UploadFile = File(...), top_k: int = Query(5, ge=1, le=100),
+                       entry: _Served = Depends(get_store)):
+        """The `top_k` most probable people by the fine-tuned classifier alone (no index
+        needed), for the largest face."""
+        image = await read_photo(photo)
+        people = await compute(entry.store.classify, image, top_k=top_k)
+        return answer({"photo": _name(photo), "people": [person.to_json() for person in people],
+                       "error": None})
+
+    @app.post("/api/stores/{name}/closest", dependencies=reading, response_model=ClosestJSON,
+              responses={**_STORE, **_PHOTO, **_NO_FACE, **_NOT_READY, **read_errors})
     async def closest(photo: UploadFile = File(...), k: int = Query(5, ge=1, le=100),
                       entry: _Served = Depends(get_store)):
-        """The k nearest gallery images, with distances, people and thumbnail URLs."""
+        """The `k` gallery images nearest the largest face, closest first. Each match's `id`
+        names its thumbnail: `GET /api/stores/{name}/thumbnails/{id}`."""
         image = await read_photo(photo)
         matches = await compute(entry.store.closest, image, k=k)
-        return {"closest": [match_json(entry.name, m) for m in matches]}
+        return answer({"photo": _name(photo), "matches": [match.to_json() for match in matches],
+                       "error": None})
 
-    @app.post("/api/stores/{name}/faces", dependencies=reading,
-              responses={**_PHOTO_ERRORS, **read_errors})
-    async def faces(photo: UploadFile = File(...), k: int = Query(5, ge=1, le=100),
-                    top_k: int = Query(5, ge=1, le=100), entry: _Served = Depends(get_store)):
-        """Every face in the photo, largest first: where it is, who it may be, what it is
-        closest to.
+    @app.post("/api/stores/{name}/faces", dependencies=reading, response_model=FacesJSON,
+              responses={**_STORE, **_PHOTO, **read_errors})
+    async def faces(photo: UploadFile = File(...), entry: _Served = Depends(get_store)):
+        """Just the faces, largest first: each face's box ([left, top, right, bottom] in the
+        photo's pixels), the detector's confidence and 5 landmarks; no network is run.
 
-        `width` and `height` are the photo's, in pixels. Each entry of `faces` has `face` (its
-        `box` as [left, top, right, bottom] in those pixels, the detector's `confidence`, and 5
-        `landmarks` as [x, y]), the `top_k` `people` with probabilities, the `k` `closest`
-        gallery images (shaped as `/closest` gives them), and `unknown` (as in `/identify`).
-
-        A photo without a face is not an error here: `faces` is `[]` when the store's face
-        step skips such photos, or holds one answer for the whole image, with `face` null,
-        when it uses the whole image (always so for a store without a face step).
+        `width` and `height` are the photo's. `faces` is `[]` for a photo without a face, and
+        always for a store without a face step.
         """
         image = await read_photo(photo)
+        found = await compute(entry.store.find_faces, image)
+        return answer({"photo": _name(photo), "width": image.width, "height": image.height,
+                       "faces": [face.to_json() for face in found], "error": None})
 
-        def answer():
-            answers = entry.store.identify(image, k=k, top_k=top_k)
-            return {"width": image.width, "height": image.height,
-                    "faces": [face_json(entry.name, found) for found in answers],
-                    "threshold": entry.store.threshold}
-
-        return await compute(answer)
-
-    @app.post("/api/stores/{name}/verify", dependencies=reading,
-              responses={**_PHOTO_ERRORS, **_NO_FACE, **read_errors})
+    @app.post("/api/stores/{name}/verify", dependencies=reading, response_model=VerificationJSON,
+              responses={**_STORE, **_PHOTO, **_NO_FACE, **read_errors})
     async def verify(photo_a: UploadFile = File(...), photo_b: UploadFile = File(...),
                      entry: _Served = Depends(get_store)):
         """How far apart two faces are; `same` once the store has a calibrated threshold."""
         image_a = await read_photo(photo_a, "photo_a")
         image_b = await read_photo(photo_b, "photo_b")
 
-        def answer():
+        def verified():
             try:
-                return asdict(entry.store.verify(image_a, image_b))
+                return entry.store.verify(image_a, image_b).to_json()
             except NoFaceError:
                 # Say which photo: the store's error cannot tell two uploads apart.
                 faceless = "photo_a" if not entry.store.find_faces(image_a) else "photo_b"
                 raise HTTPException(422, NO_FACE_DETAIL.format(faceless)) from None
 
-        return await compute(answer)
+        return answer(await compute(verified))
 
     @app.get("/api/stores/{name}/thumbnails/{record_id}", dependencies=reading,
-             responses={200: {"content": {"image/jpeg": {}}}, **read_errors})
+             response_class=Response,
+             responses={200: {"content": {"image/jpeg": {}},
+                              "description": "A JPEG at most 160 pixels on its longer side."},
+                        **_STORE, **_INVALID, **read_errors,
+                        **_errors(e410="The image's file can no longer be read.")})
     async def thumbnail(record_id: int, entry: _Served = Depends(get_store)):
-        """A small JPEG of an indexed image, looked up by record id only."""
+        """A small JPEG of an indexed image, by its record id (a match's `id`). A 404 also
+        answers an id the store does not hold."""
         return await compute(_thumbnail, entry, record_id)
 
     # -- changing --------------------------------------------------------------------------------
 
     @app.post("/api/stores/{name}/people/{person}/images", dependencies=writing,
-              responses={**_PHOTO_ERRORS, **write_errors})
-    async def enrol(person: str, photos: list[UploadFile] = File(...),
-                    entry: _Served = Depends(get_store)):
-        """Add photos of a person (new or existing) to the index."""
-        if not person.strip() or "/" in person or person.startswith("."):
-            raise HTTPException(422, f"invalid person name {person!r}")
+              response_model=ChangeJSON,
+              responses={**_STORE, **_PHOTO, **_LOCKED, **write_errors})
+    async def add_images(person: str, photos: list[UploadFile] = File(...),
+                         entry: _Served = Depends(get_store)):
+        """Add photos of a person (new or known) to the store and its index.
+
+        The answer is the store's change report (`added`, `unchanged`, photos without a face in
+        `no_face` or `skipped`, ...) and the images indexed after it, as `facerank index add
+        --json` prints them. A person's name may not be blank, contain `/` or `\\`, or start
+        with `.` (422).
+        """
+        if not person.strip() or "/" in person or "\\" in person or person.startswith("."):
+            raise HTTPException(422, f"invalid person name {person!r}: it may not be blank, "
+                                     "contain / or \\, or start with .")
         images = [await read_photo(upload, f"photos[{i}]") for i, upload in enumerate(photos)]
 
         def add():
@@ -389,34 +548,42 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
             # (the store deletes its uploads with their last record) between save and add.
             paths = _save_uploads(entry.store.folder / UPLOAD_FOLDER, person, images)
             report = entry.store.add(paths, person=person)
-            return {"person": person, "added": report.added, "unchanged": report.unchanged,
-                    "images": len(entry.store)}
+            return {**report.to_json(), "images": len(entry.store)}
 
         # Writers of one store queue here, holding no thread while they wait.
         async with entry.write_lock:
-            return await compute(add)
+            return answer(await compute(add))
 
     @app.delete("/api/stores/{name}/people/{person}", dependencies=writing,
-                responses=write_errors)
+                response_model=ChangeJSON,
+                responses={**_errors(e404="No store of that name, or no images of that person "
+                                          "in it."), **_LOCKED, **write_errors})
     async def remove_person(person: str, entry: _Served = Depends(get_store)):
-        """Remove every image of a person from the index."""
+        """Remove every image of a person from the store; the change report as for adding."""
         async with entry.write_lock:
-            removed, images = await compute(_remove, entry.store, person=person)
-        if removed == 0:
+            change = await compute(_remove, entry.store, person=person)
+        if change["removed"] == 0:
             raise HTTPException(404, f"no images of {person!r} in store {entry.name!r}")
-        return {"removed": removed, "images": images}
+        return answer(change)
 
     @app.delete("/api/stores/{name}/images/{record_id}", dependencies=writing,
-                responses=write_errors)
+                response_model=ChangeJSON,
+                responses={**_errors(e404="No store of that name, or no image with that id in "
+                                          "it."), **_INVALID, **_LOCKED, **write_errors})
     async def remove_image(record_id: int, entry: _Served = Depends(get_store)):
-        """Remove one image from the index by record id."""
+        """Remove one image from the store by its record id (a match's `id`)."""
         async with entry.write_lock:
-            removed, images = await compute(_remove, entry.store, ids=[record_id])
-        if removed == 0:
+            change = await compute(_remove, entry.store, ids=[record_id])
+        if change["removed"] == 0:
             raise HTTPException(404, f"no image with id {record_id} in store {entry.name!r}")
-        return {"removed": removed, "images": images}
+        return answer(change)
 
     return app
+
+
+def _name(upload: UploadFile) -> str:
+    """What an answer's ``photo`` says: the upload's file name as the client sent it."""
+    return upload.filename or "photo"
 
 
 # -- the work done on worker threads ---------------------------------------------------------------
@@ -460,10 +627,10 @@ def _thumbnail(entry: _Served, record_id: int) -> Response:
                     headers={"Cache-Control": "private, max-age=300"})
 
 
-def _remove(store: FaceStore, **which) -> tuple[int, int]:
-    """Images removed, and images left."""
+def _remove(store: FaceStore, **which) -> dict:
+    """The change report, and the images left."""
     report = store.remove(**which)
-    return report.removed, len(store)
+    return {**report.to_json(), "images": len(store)}
 
 
 def _summary(store: FaceStore) -> dict:

@@ -141,8 +141,9 @@ def test_a_group_photo_gets_a_box_per_face_and_each_face_its_own_answer(server_u
     sync_playwright = _playwright()
     store, gallery = store_copy
     photo = tmp_path / "group.png"
-    group_photo(photo, gallery)
-    expected = httpx.post(f"{server_url}/api/stores/{store.folder.name}/faces?k=8&top_k=5",
+    group_photo(photo, gallery)  # 640 x 480
+    # What the page asks, and must show: every face's answer, as /identify gives it.
+    expected = httpx.post(f"{server_url}/api/stores/{store.folder.name}/identify?k=8&top_k=5",
                           files={"photo": ("group.png", photo.read_bytes(), "image/png")},
                           timeout=60).json()
     faces = expected["faces"]
@@ -182,8 +183,8 @@ def test_a_group_photo_gets_a_box_per_face_and_each_face_its_own_answer(server_u
 
             # A photo with no face (as a store that skips such photos answers): a clear
             # message, and nothing left of the group photo's answers.
-            page.route(re.compile(r"/faces\?"), lambda route: route.fulfill(json={
-                "width": 120, "height": 90, "faces": [], "threshold": None}))
+            page.route(re.compile(r"/identify\?"), lambda route: route.fulfill(json={
+                "photo": "blank.png", "faces": [], "threshold": None, "error": None}))
             blank = tmp_path / "blank.png"
             Image.new("RGB", (120, 90), (128, 128, 128)).save(blank)
             page.set_input_files("#photo", str(blank))
@@ -202,11 +203,10 @@ def test_a_group_photo_gets_a_box_per_face_and_each_face_its_own_answer(server_u
     assert pressed_at_first == ["true"] + ["false"] * (len(faces) - 1)  # the largest face
     assert chart_at_first == faces[0]["people"][0]["person"]
     left, top, right, bottom = faces[1]["face"]["box"]
-    share = [left / expected["width"], top / expected["height"], right / expected["width"],
-             bottom / expected["height"]]
+    share = [left / 640, top / 480, right / 640, bottom / 480]
     assert all(abs(a - b) < 0.01 for a, b in zip(drawn, share)), (drawn, share)
     assert names == [p["person"] for p in faces[1]["people"]]
-    assert captions[0] == f"#1 {faces[1]['closest'][0]['person']}"
+    assert captions[0] == f"#1 {faces[1]['matches'][0]['person']}"
     assert status.startswith("Face 2: ") and faces[1]["people"][0]["person"] in status
     assert emptied == {"boxes": 0, "bars": 0, "closest": 0} and not results_shown
 

@@ -90,11 +90,14 @@ def test_health_stores_info_and_openapi(client):
     info = client.get(f"/api/stores/{client.store_name}").json()
     assert info["images_per_person"]["s1"] == 10 and "store" not in info
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/api/stores/{name}/identify", "/api/stores/{name}/closest",
-            "/api/stores/{name}/faces", "/api/stores/{name}/verify",
-            "/api/stores/{name}/people/{person}/images"} <= set(paths)
-    assert "422" in paths["/api/stores/{name}/identify"]["post"]["responses"]
+    assert {"/api/stores/{name}/identify", "/api/stores/{name}/classify",
+            "/api/stores/{name}/closest", "/api/stores/{name}/faces",
+            "/api/stores/{name}/verify", "/api/stores/{name}/people/{person}/images"} <= set(paths)
+    assert {"404", "409", "413", "415", "422"} <= set(
+        paths["/api/stores/{name}/identify"]["post"]["responses"])
     assert {"413", "415"} <= set(paths["/api/stores/{name}/faces"]["post"]["responses"])
+    assert paths["/api/stores/{name}/people/{person}/images"]["post"]["operationId"].startswith(
+        "add_images")
     # A write token only: changes may answer 401/403, queries may not.
     assert {"401", "403"} <= set(paths["/api/stores/{name}/people/{person}/images"]["post"]
                                  ["responses"])
@@ -102,27 +105,38 @@ def test_health_stores_info_and_openapi(client):
     assert "<title>facerank</title>" in client.get("/").text
 
 
-def test_identify_closest_thumbnail_and_verify(client):
+def test_identify_classify_closest_thumbnail_and_verify(client):
     name, photo = client.store_name, client.gallery / "s3" / "2.pgm"
-    answer = client.post(f"/api/stores/{name}/identify?top_k=3",
+    answer = client.post(f"/api/stores/{name}/identify?k=2&top_k=3",
                          files={"photo": _photo(photo)}).json()
-    people = answer["people"]
+    assert set(answer) == {"photo", "faces", "threshold", "error"}
+    assert answer["photo"] == "photo.pgm" and answer["error"] is None
+    assert answer["threshold"] is None  # not calibrated yet
+    [face] = answer["faces"]
+    people = face["people"]
     assert len(people) == 3 and people[0]["probability"] >= people[1]["probability"]
-    assert answer["unknown"] is None and answer["threshold"] is None  # not calibrated yet
-    assert answer["nearest_distance"] < 1e-3
-    closest = client.post(f"/api/stores/{name}/closest?k=4",
-                          files={"photo": _photo(photo)}).json()["closest"]
-    assert closest[0]["file"] == "2.pgm" and closest[0]["person"] == "s3"
-    assert closest[0]["distance"] < 1e-3
-    thumb = client.get(closest[0]["thumbnail"])
+    assert face["unknown"] is None and len(face["matches"]) == 2
+    assert face["matches"][0]["distance"] < 1e-3
+    classified = client.post(f"/api/stores/{name}/classify?top_k=3",
+                             files={"photo": _photo(photo)}).json()
+    assert classified == {"photo": "photo.pgm", "people": people, "error": None}
+    closest = client.post(f"/api/stores/{name}/closest?k=4", files={"photo": _photo(photo)}).json()
+    assert set(closest) == {"photo", "matches", "error"}
+    matches = closest["matches"]
+    assert len(matches) == 4 and matches[:2] == face["matches"]
+    assert Path(matches[0]["path"]).name == "2.pgm" and matches[0]["person"] == "s3"
+    assert matches[0]["distance"] < 1e-3
+    # The thumbnail's address is built from the match's id, as the page does.
+    thumb = client.get(f"/api/stores/{name}/thumbnails/{matches[0]['id']}")
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
     assert max(Image.open(io.BytesIO(thumb.content)).size) <= 160
     same = client.post(f"/api/stores/{name}/verify",
                        files={"photo_a": _photo(photo), "photo_b": _photo(photo)}).json()
-    assert same["distance"] < 1e-3
+    assert set(same) == {"distance", "threshold", "same"} and same["distance"] < 1e-3
+    assert same["same"] is None  # not calibrated yet
 
 
-def test_enrol_and_remove_need_the_token_and_change_answers(client, tmp_path):
+def test_add_and_remove_need_the_token_and_change_answers(client, tmp_path):
     name = client.store_name
     newcomer = Image.open(client.gallery / "s5" / "1.pgm").transpose(Image.FLIP_LEFT_RIGHT)
     buffer = io.BytesIO()
@@ -132,16 +146,21 @@ def test_enrol_and_remove_need_the_token_and_change_answers(client, tmp_path):
     assert client.post(url, files=files).status_code == 401
     assert client.post(url, files=files,
                        headers={"Authorization": "Bearer nope"}).status_code == 403
-    enrolled = client.post(url, files=files, headers=_auth())
-    assert enrolled.status_code == 200 and enrolled.json()["added"] == 1
+    added = client.post(url, files=files, headers=_auth())
+    assert added.status_code == 200
+    change = added.json()  # the store's change report, as `facerank index add --json` prints
+    assert (change["added"], change["unchanged"], change["images"]) == (1, 0, 51)
+    assert change["skipped"] == [] and change["no_face"] == []
     match = client.post(f"/api/stores/{name}/closest?k=1",
                         files={"photo": ("x.png", buffer.getvalue(), "image/png")}).json()
-    assert match["closest"][0]["person"] == "visitor"
+    assert match["matches"][0]["person"] == "visitor"
+    again = client.post(url, files=files, headers=_auth()).json()  # the same photo again
+    assert (again["added"], again["unchanged"], again["images"]) == (0, 1, 51)
 
-    record_id = match["closest"][0]["id"]
+    record_id = match["matches"][0]["id"]
     assert client.delete(f"/api/stores/{name}/images/{record_id}").status_code == 401
-    assert client.delete(f"/api/stores/{name}/images/{record_id}", headers=_auth()).json() == \
-        {"removed": 1, "images": 50}
+    removed = client.delete(f"/api/stores/{name}/images/{record_id}", headers=_auth()).json()
+    assert (removed["removed"], removed["added"], removed["images"]) == (1, 0, 50)
     assert client.delete(f"/api/stores/{name}/images/{record_id}",
                          headers=_auth()).status_code == 404
     assert client.delete(f"/api/stores/{name}/people/s2", headers=_auth()).json()["removed"] == 10
@@ -179,7 +198,7 @@ def test_content_is_sniffed_not_trusted_from_the_name(client):
     assert response.status_code == 200
 
 
-def test_queries_stay_correct_while_enrolling(client):
+def test_queries_stay_correct_while_adding(client):
     import concurrent.futures
 
     name, photo = client.store_name, client.gallery / "s4" / "3.pgm"
@@ -190,16 +209,16 @@ def test_queries_stay_correct_while_enrolling(client):
         Image.open(client.gallery / "s1" / f"{i + 1}.pgm").rotate(5).save(buffer, format="PNG")
         extra.append(buffer.getvalue())
 
-    def enrol(data):
+    def add(data):
         return client.post(f"/api/stores/{name}/people/late/images", headers=_auth(),
                            files=[("photos", ("p.png", data, "image/png"))]).status_code
 
     def query(_):
         answer = client.post(f"/api/stores/{name}/closest?k=1", files=files_for()).json()
-        return answer["closest"][0]["file"]
+        return Path(answer["matches"][0]["path"]).name
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        writes = [pool.submit(enrol, data) for data in extra]
+        writes = [pool.submit(add, data) for data in extra]
         reads = list(pool.map(query, range(24)))
     assert [w.result() for w in writes] == [200] * 6
     assert reads == ["3.pgm"] * 24
@@ -216,31 +235,38 @@ def test_several_stores_are_served_side_by_side(store_copy, trained, tmp_path):
         assert [s["name"] for s in client.get("/api/stores").json()] == ["first", "second"]
         assert client.delete("/api/stores/second/people/s1").json()["removed"] == 10
         photo = {"photo": _photo(gallery / "s1" / "1.pgm")}
-        first = client.post("/api/stores/first/closest?k=1", files=photo).json()["closest"][0]
-        other = client.post("/api/stores/second/closest?k=1", files=photo).json()["closest"][0]
+        first = client.post("/api/stores/first/closest?k=1", files=photo).json()["matches"][0]
+        other = client.post("/api/stores/second/closest?k=1", files=photo).json()["matches"][0]
         assert first["person"] == "s1" and other["person"] != "s1"
     with pytest.raises(ValueError, match="same folder name"):
         create_app([store.folder, tmp_path / "x" / store.folder.name])
 
 
-def test_faces_answers_every_face_of_a_group_photo(client, tmp_path):
+def test_identify_answers_every_face_of_a_group_photo(client, tmp_path):
     name = client.store_name
     places = group_photo(tmp_path / "group.png", client.gallery)
-    photo = {"photo": _photo(tmp_path / "group.png")}
-    answer = client.post(f"/api/stores/{name}/faces?k=3&top_k=2", files=photo)
+    photo = {"photo": ("group.png", (tmp_path / "group.png").read_bytes(), "image/png")}
+    answer = client.post(f"/api/stores/{name}/identify?k=3&top_k=2", files=photo)
     assert answer.status_code == 200, answer.text
     answer = answer.json()
-    assert (answer["width"], answer["height"]) == (640, 480) and answer["threshold"] is None
+    assert answer["photo"] == "group.png" and answer["threshold"] is None
     faces = answer["faces"]
     assert len(faces) == len(GROUP)
     boxes = [found["face"]["box"] for found in faces]
     areas = [(right - left) * (bottom - top) for left, top, right, bottom in boxes]
     assert areas == sorted(areas, reverse=True)  # largest first
-    closest_keys = set(client.post(f"/api/stores/{name}/closest?k=1", files=photo)
-                       .json()["closest"][0])
-    # The single-answer endpoints answer for the largest face: the first.
-    largest = client.post(f"/api/stores/{name}/identify?top_k=2", files=photo).json()["people"]
-    assert [p["person"] for p in largest] == [p["person"] for p in faces[0]["people"]]
+    # largest=true, classify and closest answer for the largest face: the first.
+    largest = client.post(f"/api/stores/{name}/identify?k=3&top_k=2&largest=true",
+                          files=photo).json()
+    assert largest["faces"] == faces[:1]
+    people = client.post(f"/api/stores/{name}/classify?top_k=2", files=photo).json()["people"]
+    assert people == faces[0]["people"]
+    matches = client.post(f"/api/stores/{name}/closest?k=3", files=photo).json()["matches"]
+    assert matches == faces[0]["matches"]
+    # /faces: the same boxes and landmarks, without the network, and the photo's size.
+    detected = client.post(f"/api/stores/{name}/faces", files=photo).json()
+    assert (detected["photo"], detected["width"], detected["height"]) == ("group.png", 640, 480)
+    assert detected["faces"] == [found["face"] for found in faces]
     # Left to right, as pasted: each box in the photo, around the face pasted there.
     ordered = sorted(faces, key=lambda found: found["face"]["box"][0])
     for found, (person, _, _), place in zip(ordered, GROUP, places):
@@ -250,11 +276,9 @@ def test_faces_answers_every_face_of_a_group_photo(client, tmp_path):
         assert place[0] < centre[0] < place[2] and place[1] < centre[1] < place[3]
         assert list(found["face"]["landmarks"]) == list(LANDMARKS)
         assert 0 < found["face"]["confidence"]
-        assert len(found["people"]) == 2 and len(found["closest"]) == 3
+        assert len(found["people"]) == 2 and len(found["matches"]) == 3
         assert found["unknown"] is None  # not calibrated yet
-        nearest = found["closest"][0]
-        assert set(nearest) == closest_keys and "path" not in nearest
-        assert nearest["person"] == person, found["closest"]
+        assert found["matches"][0]["person"] == person, found["matches"]
 
 
 @pytest.fixture
@@ -274,20 +298,20 @@ def skipping_client(tmp_path, trained, gallery):
 def test_a_photo_without_a_face_under_the_whole_image_policy(client):
     # The session store's policy: the whole image is answered for, with no face.
     name = client.store_name
-    answer = client.post(f"/api/stores/{name}/faces", files={"photo": _png(NO_FACE)}).json()
+    answer = client.post(f"/api/stores/{name}/identify", files={"photo": _png(NO_FACE)}).json()
     [whole] = answer["faces"]
-    assert whole["face"] is None and whole["people"] and whole["closest"]
-    identified = client.post(f"/api/stores/{name}/identify", files={"photo": _png(NO_FACE)})
-    assert identified.status_code == 200
-    assert [p["person"] for p in identified.json()["people"]] == \
-        [p["person"] for p in whole["people"]]
+    assert whole["face"] is None and whole["people"] and whole["matches"]
+    classified = client.post(f"/api/stores/{name}/classify", files={"photo": _png(NO_FACE)})
+    assert classified.status_code == 200 and classified.json()["people"] == whole["people"]
+    detected = client.post(f"/api/stores/{name}/faces", files={"photo": _png(NO_FACE)}).json()
+    assert detected["faces"] == [] and (detected["width"], detected["height"]) == (120, 90)
 
 
 def test_a_photo_without_a_face_under_the_skip_policy(skipping_client, gallery):
     client, name = skipping_client, skipping_client.store_name
-    answer = client.post(f"/api/stores/{name}/faces", files={"photo": _png(NO_FACE)})
+    answer = client.post(f"/api/stores/{name}/identify", files={"photo": _png(NO_FACE)})
     assert answer.status_code == 200 and answer.json()["faces"] == []
-    for endpoint in ("identify", "closest"):
+    for endpoint in ("classify", "closest"):
         refused = client.post(f"/api/stores/{name}/{endpoint}", files={"photo": _png(NO_FACE)})
         assert refused.status_code == 422, refused.text
         detail = refused.json()["detail"]
@@ -298,9 +322,27 @@ def test_a_photo_without_a_face_under_the_skip_policy(skipping_client, gallery):
     assert refused.status_code == 422 and refused.json()["detail"].startswith(
         "no face found in photo_b")
     # A face is still answered for, by the same store.
-    found = client.post(f"/api/stores/{name}/faces",
+    found = client.post(f"/api/stores/{name}/identify",
                         files={"photo": _photo(gallery / "s1" / "1.pgm")}).json()["faces"]
-    assert [face["closest"][0]["person"] for face in found] == ["s1"]
+    assert [face["matches"][0]["person"] for face in found] == ["s1"]
+
+
+def test_identify_answers_from_the_classifier_before_the_index_is_built(trained, gallery,
+                                                                        tmp_path):
+    # A store just trained: the classifier knows the people, the index holds nothing yet.
+    folder = tmp_path / "unbuilt"
+    shutil.copytree(trained[0], folder)
+    photo = {"photo": _photo(gallery / "s2" / "1.pgm")}
+    with TestClient(create_app([folder])) as client:
+        answer = client.post(f"/api/stores/{folder.name}/identify", files=photo)
+        assert answer.status_code == 200, answer.text
+        [face] = answer.json()["faces"]
+        assert face["matches"] == [] and face["unknown"] is None
+        people = client.post(f"/api/stores/{folder.name}/classify", files=photo).json()["people"]
+        assert face["people"] == people and len(people) == 5
+        # Nearest gallery images need the index: the answer says how to build it.
+        refused = client.post(f"/api/stores/{folder.name}/closest", files=photo)
+        assert refused.status_code == 409 and "facerank index build" in refused.json()["detail"]
 
 
 def test_a_request_body_over_two_photos_worth_is_refused_whole(client):
@@ -332,13 +374,14 @@ def test_a_read_token_guards_every_answer_but_health_and_the_page(guarded):
     client, name = guarded, guarded.store_name
     photo = (guarded.gallery / "s3" / "2.pgm").read_bytes()
     one = lambda field="photo": {field: ("p.pgm", photo)}  # noqa: E731
-    thumbnail = client.post(f"/api/stores/{name}/closest?k=1", files=one(),
+    record_id = client.post(f"/api/stores/{name}/closest?k=1", files=one(),
                             headers={"Authorization": f"Bearer {READ_TOKEN}"}
-                            ).json()["closest"][0]["thumbnail"]
+                            ).json()["matches"][0]["id"]
     answers = [
         ("GET", "/api/stores", {}), ("GET", "/api/stores/{name}", {}),
         ("GET", "/api/stores/{name}/thumbnails/{record_id}", {}),
         ("POST", "/api/stores/{name}/identify", {"files": one}),
+        ("POST", "/api/stores/{name}/classify", {"files": one}),
         ("POST", "/api/stores/{name}/closest", {"files": one}),
         ("POST", "/api/stores/{name}/faces", {"files": one}),
         ("POST", "/api/stores/{name}/verify",
@@ -346,8 +389,7 @@ def test_a_read_token_guards_every_answer_but_health_and_the_page(guarded):
     ]
     paths = client.get("/openapi.json").json()["paths"]
     for method, route, options in answers:
-        url = route.replace("{name}", name).replace("/thumbnails/{record_id}",
-                                                    thumbnail[thumbnail.index("/thumbnails/"):])
+        url = route.replace("{name}", name).replace("{record_id}", str(record_id))
 
         def send(token=None):
             headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -366,10 +408,10 @@ def test_a_read_token_guards_every_answer_but_health_and_the_page(guarded):
     assert "<title>facerank</title>" in client.get("/").text
     assert "401" not in paths["/api/health"]["get"]["responses"]
     # The read token changes nothing.
-    enrol = client.post(f"/api/stores/{name}/people/visitor/images",
-                        files={"photos": ("p.pgm", photo)},
-                        headers={"Authorization": f"Bearer {READ_TOKEN}"})
-    assert enrol.status_code == 403
+    add = client.post(f"/api/stores/{name}/people/visitor/images",
+                      files={"photos": ("p.pgm", photo)},
+                      headers={"Authorization": f"Bearer {READ_TOKEN}"})
+    assert add.status_code == 403
 
 
 def test_tokens_and_bounds_are_checked_when_the_app_is_made(store_copy):
@@ -436,7 +478,8 @@ def test_health_answers_while_model_work_is_held_and_work_is_bounded(store_copy,
         answers = [query.result() for query in queries]
     assert health.status_code == 200 and held_meanwhile and elapsed < 1.0, elapsed
     assert inside == 2 and gate.most_inside == 2  # max_concurrent, never more
-    assert [a.json()["closest"][0]["file"] for a in answers] == [f"{n}.pgm" for n in range(1, 6)]
+    assert [Path(a.json()["matches"][0]["path"]).name for a in answers] == \
+        [f"{n}.pgm" for n in range(1, 6)]
 
 
 def test_queued_writers_hold_no_worker_and_take_turns(store_copy, monkeypatch):
@@ -446,12 +489,12 @@ def test_queued_writers_hold_no_worker_and_take_turns(store_copy, monkeypatch):
             ThreadPoolExecutor(3) as pool:
         name = store.folder.name
 
-        def enrol(n):
+        def add(n):
             photo = _png(Image.open(gallery / "s5" / f"{n}.pgm").rotate(8))
             return client.post(f"/api/stores/{name}/people/late/images",
                                files=[("photos", photo)])
 
-        writes = [pool.submit(enrol, n) for n in (1, 2, 3)]
+        writes = [pool.submit(add, n) for n in (1, 2, 3)]
         gate.wait_for(1)
         time.sleep(0.3)  # time for the other writers to reach the store, were they not queued
         inside = gate.inside
@@ -462,6 +505,6 @@ def test_queued_writers_hold_no_worker_and_take_turns(store_copy, monkeypatch):
         statuses = [write.result().status_code for write in writes]
         images = client.get(f"/api/stores/{name}").json()["images"]
     assert query.status_code == 200 and held_meanwhile
-    assert query.json()["closest"][0]["file"] == "3.pgm"
+    assert Path(query.json()["matches"][0]["path"]).name == "3.pgm"
     assert inside == 1 and gate.most_inside == 1  # one writer at a time
     assert statuses == [200] * 3 and images == 53  # each waited its turn: no 409

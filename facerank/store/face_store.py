@@ -229,11 +229,12 @@ class FaceStore:
 
         A photo without a face gives ``[]`` (under the ``skip`` policy) or one answer for the
         whole image (under ``whole``, with ``face`` None). ``every=False``: the largest face only.
+        Before the index is built the people are answered and ``matches`` are empty.
 
         >>> for face in store.identify("group.jpg"):
         ...     print(face.box, face.people[0].person, face.matches[0].path)
         """
-        snapshot = self._queryable()
+        snapshot = self._queryable(empty_ok=True)
         single, loaded = _load_all(images)
         per_photo = [snapshot.faces.inputs(image, every=every) for image in loaded]
         flat = [item for inputs in per_photo for item in inputs]
@@ -259,9 +260,10 @@ class FaceStore:
 
         A photo that cannot be read (missing, not an image, truncated, too large) gets
         ``error`` naming the file and the fault, and no faces; every other photo is answered.
-        Problems of the store itself (an empty index, another model's index) and bad
-        arguments still raise, before any photo is read. Every answer comes from one snapshot
-        of the store, as if the batch were one query.
+        Problems of the store itself (another model's index; an empty one only leaves
+        ``matches`` empty, as in ``identify``) and bad arguments still raise, before any photo
+        is read. Every answer comes from one snapshot of the store, as if the batch were one
+        query.
 
         >>> for answer in store.identify_each(Path("holiday").glob("*.jpg"), every=False):
         ...     print(answer.photo, answer.error or answer.faces[0].people[0].person)
@@ -270,7 +272,7 @@ class FaceStore:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UsageError(f"{name} must be a whole number of at least 1, got {value!r}")
         items = [photos] if is_image_input(photos) else photos  # one photo, or many
-        snapshot = self._queryable()
+        snapshot = self._queryable(empty_ok=True)
         threshold = _threshold(snapshot)
         chunk: list[ImageInput] = []
         for photo in items:
@@ -357,7 +359,9 @@ class FaceStore:
             answers.append(matches)
         return answers
 
-    def _queryable(self) -> Snapshot:
+    def _queryable(self, *, empty_ok: bool = False) -> Snapshot:
+        # empty_ok: identify answers people from the classifier before the index is built
+        # (its matches are then empty); closest has nothing to answer with.
         snapshot = self.snapshot()
         if snapshot.is_stale:
             raise StoreMismatchError(
@@ -365,7 +369,7 @@ class FaceStore:
                 f"(identity {snapshot.model_identity[:12]}, the store's model is "
                 f"{snapshot.model.config.identity[:12]}); run `facerank index build GALLERY "
                 f"--store {self.folder}` to re-embed it")
-        if snapshot.count == 0:
+        if snapshot.count == 0 and not empty_ok:
             raise StoreError(f"the index of {self.folder} is empty: run `facerank index build "
                              f"GALLERY --store {self.folder}`")
         return snapshot
