@@ -35,6 +35,7 @@ def client(store_copy):
     app = create_app([store.folder], token=TOKEN, max_upload_bytes=200_000)
     with TestClient(app) as test_client:
         test_client.store_name = store.folder.name
+        test_client.folder = store.folder
         test_client.gallery = gallery
         yield test_client
 
@@ -508,3 +509,35 @@ def test_queued_writers_hold_no_worker_and_take_turns(store_copy, monkeypatch):
     assert Path(query.json()["matches"][0]["path"]).name == "3.pgm"
     assert inside == 1 and gate.most_inside == 1  # one writer at a time
     assert statuses == [200] * 3 and images == 53  # each waited its turn: no 409
+
+
+# -- one answer, whoever asks ----------------------------------------------------------------------
+
+def test_rest_cli_and_library_give_one_photo_the_same_json(client, tmp_path):
+    """The REST API, `facerank identify --json` and the library answer a photo with the same
+    PhotoAnswer.to_json(); only `photo` differs (the upload's name, the path given)."""
+    from typer.testing import CliRunner
+
+    from facerank.cli.app import app as cli
+    from facerank.store import PhotoAnswer
+
+    name, folder = client.store_name, client.folder
+    path = tmp_path / "group.png"
+    group_photo(path, client.gallery)
+    rest = client.post(f"/api/stores/{name}/identify?k=3&top_k=2",
+                       files={"photo": ("group.png", path.read_bytes(), "image/png")})
+    assert rest.status_code == 200, rest.text
+    rest = rest.json()
+    assert rest["photo"] == "group.png" and len(rest["faces"]) == len(GROUP)
+
+    store = FaceStore.open(folder)
+    library = PhotoAnswer(photo=str(path), faces=store.identify(path, k=3, top_k=2),
+                          threshold=store.threshold).to_json()
+    [each] = [answer.to_json() for answer in store.identify_each([path], k=3, top_k=2)]
+    result = CliRunner().invoke(cli, ["identify", str(path), "--store", str(folder), "-k", "3",
+                                      "--top-k", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    [line] = [json.loads(text) for text in result.stdout.splitlines() if text.strip()]
+    for answer in (library, each, line):
+        assert answer["photo"] == str(path)
+        assert {**answer, "photo": "group.png"} == rest
