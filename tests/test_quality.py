@@ -208,3 +208,32 @@ def test_weights_that_are_not_weights_are_refused_in_one_line(tmp_path, gallery,
     assert out.exit_code == 1
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0] and message in lines[0], out.stderr
+
+
+# -- errors name the store or file and the next step ------------------------------------------
+
+
+def test_quality_errors_name_the_store_and_what_to_do(own_store, tmp_path):
+    split_file = own_store / "train" / "split.json"
+    split = json.loads(split_file.read_text())
+    gone = [[str(tmp_path / f"gone{i}.jpg"), person] for i, (_, person) in
+            enumerate(split["test"])]
+    split_file.write_text(json.dumps({**split, "test": gone, "train": gone}))
+    for command, expected in [
+        (["calibrate"], f"{own_store}: cannot calibrate on its held-out split"),
+        (["evaluate", "--plot", tmp_path / "c.png"],
+         f"nothing to evaluate in {own_store}'s held-out split"),
+        (["evaluate", "--pairs", tmp_path / "pairs.txt", "--images", tmp_path],
+         f"{own_store} has no calibrated threshold to score the pairs at"),
+        (["evaluate", "--pairs", tmp_path / "pairs.txt", "--images", tmp_path,
+          "--threshold-pairs", tmp_path / "pairs.txt"],
+         f"{tmp_path / 'pairs.txt'}: cannot read it as a pairs file"),
+        (["precision", "int8"], "none of the 15 images to calibrate int8 with could be read"),
+    ]:
+        out = invoke(*command, "--store", own_store)
+        assert out.exit_code == 1, (command, out.output)
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], (command, out.stderr)
+        if command[0] != "evaluate":
+            assert f"first: {tmp_path / 'gone0.jpg'}" in lines[0]
+    assert "put the held-out images back" in invoke("calibrate", "--store", own_store).stderr

@@ -111,4 +111,5 @@ def read_config(folder: str | Path) -> ModelConfig:
         raise StoreError(f"no model in {Path(folder)}: run `facerank train GALLERY --store "
                          f"{Path(folder)}` first") from None
     except (OSError, ValueError, TypeError, KeyError) as error:
-        raise StoreError(f"{path}: damaged model config ({error})") from None
+        raise StoreError(f"{path}: damaged model config ({error}); train the store again"
+                         ) from None

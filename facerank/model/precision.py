@@ -134,7 +134,11 @@ def calibration_pixels(paths: Sequence[str | Path], config: ModelConfig, *,
         if image is not None:
             batch.append(resize_for_model(image, config.image_size, config.crop))
     if not batch:
-        raise StoreError("no readable images to calibrate int8 with; pass calibration_paths")
+        paths = list(paths)
+        first = f" (first: {paths[0]})" if paths else ""
+        raise StoreError(f"none of the {len(paths)} images to calibrate int8 with could be read"
+                         f"{first}; put the training images back where {TRAIN_FOLDER}/"
+                         f"{SPLIT_FILE} lists them, or pass calibration_paths to set_precision")
     return np.ascontiguousarray(np.stack(batch).transpose(0, 3, 1, 2), dtype=np.float32)
 
 
@@ -143,7 +147,8 @@ def _training_images(folder: Path) -> list[str]:
     split = read_split(folder)
     if split is None:
         raise StoreError(f"{folder}: no record of which images the model was trained on "
-                         f"({TRAIN_FOLDER}/{SPLIT_FILE}); pass calibration images instead")
+                         f"({TRAIN_FOLDER}/{SPLIT_FILE}) to calibrate int8 on; train it again, "
+                         "or pass calibration_paths to set_precision")
     return [path for path, _ in split.train]
 
 

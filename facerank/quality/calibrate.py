@@ -69,8 +69,17 @@ def calibrate(store, *, far: float = 0.01, save: bool = True) -> Calibration:
         else:
             images.append(image)
             people.append(person)
-    result = calibrate_vectors(store.model.embed(images), people, far=far, source=source,
-                               skipped=skipped)
+    try:
+        result = calibrate_vectors(store.model.embed(images), people, far=far, source=source,
+                                   skipped=skipped)
+    except StoreError as error:
+        unread = "" if not skipped else (
+            f"; {len(skipped)} of its {len(items)} images could not be used (first: "
+            f"{skipped[0][0]}: {skipped[0][1]})")
+        fix = ("put the held-out images back where train/split.json lists them, or train again"
+               if source == "held-out split" else "index more images with `facerank index add`")
+        raise StoreError(f"{store.folder}: cannot calibrate on its {source}: {error}{unread}; "
+                         f"{fix}") from None
     if save:
         store.set_calibration({k: v for k, v in result.to_json().items() if k != "skipped"})
     return result
@@ -95,10 +104,9 @@ def calibrate_vectors(vectors: np.ndarray, people, *, far: float = 0.01, source:
     same_person = labels[upper[0]] == labels[upper[1]]
     same, different = distances[upper][same_person], distances[upper][~same_person]
     if len(same) == 0 or len(different) == 0:
-        raise StoreError(f"calibration needs at least two images of one person and two people "
-                         f"in the {source}; found {len(same)} same-person and {len(different)} "
-                         "different pairs: train with a held-out split (the default) or index "
-                         "more images, then calibrate again")
+        raise StoreError(f"calibration needs two images of one person and two people; the "
+                         f"{source} gives {len(same)} same-person and {len(different)} "
+                         "different pairs")
     threshold = _threshold_at(np.sort(different), far)
     tar = float(np.mean(same <= threshold))
     return Calibration(threshold=threshold, far=far,

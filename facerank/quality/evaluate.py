@@ -94,9 +94,12 @@ def evaluate(store: FaceStore | str | Path, gallery: str | Path | None = None, *
     test = [(path, person) for path, person in test if person in known]
     test_vectors, probabilities, scored, skipped = _embed_items(store, test, batch_size, flip)
     if not scored:
-        raise StoreError(f"nothing to evaluate in {gallery or store.folder}: no readable "
-                         "held-out image of a person the store knows; pass a gallery folder of "
-                         "test images of those people")
+        unread = "" if not skipped else (
+            f" ({len(skipped)} could not be used, first: {skipped[0][0]}: {skipped[0][1]})")
+        where = gallery or f"{store.folder}'s held-out split"
+        raise StoreError(f"nothing to evaluate in {where}: no readable image of a person the "
+                         f"store knows{unread}; pass a gallery folder of test images of those "
+                         "people")
     truth = [person for _, person in scored]
     people = list(store.people)
     label = {person: i for i, person in enumerate(people)}
