@@ -391,6 +391,9 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
             # The store's message names the in-memory upload and a training flag: neither
             # means anything to a client.
             return JSONResponse({"detail": NO_FACE_DETAIL.format("the photo")}, status_code=422)
+        if isinstance(error, UsageError):
+            # The library's own check of what the client sent (a person's name, say).
+            return JSONResponse({"detail": str(error)}, status_code=422)
         if isinstance(error, StoreError):
             # The store's state, not the request, is what stands in the way (an index to build,
             # another process writing): the same request succeeds once that is done.

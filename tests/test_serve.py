@@ -145,6 +145,10 @@ def test_add_and_remove_need_the_token_and_change_answers(client, tmp_path):
     files = [("photos", ("new.png", buffer.getvalue(), "image/png"))]
     url = f"/api/stores/{name}/people/visitor/images"
     assert client.post(url, files=files).status_code == 401
+    for invalid in (".hidden", "back%5Cslash", "%20"):
+        refused = client.post(f"/api/stores/{name}/people/{invalid}/images", files=files,
+                              headers=_auth())
+        assert refused.status_code == 422 and "invalid person name" in refused.json()["detail"]
     assert client.post(url, files=files,
                        headers={"Authorization": "Bearer nope"}).status_code == 403
     added = client.post(url, files=files, headers=_auth())
