@@ -85,8 +85,9 @@ def diagnose(gallery: str | Path, *, store=None, min_images: int = 2,
              neighbours: int = 3) -> DoctorReport:
     """Check a gallery; with a ``FaceStore``, also look for likely mislabelled images.
 
-    >>> report = diagnose("photos/")
-    >>> [f.detail for f in report.findings if f.kind == "duplicate"]
+    >>> report = facerank.diagnose("GALLERY/")
+    >>> report.images, [f.detail for f in report.findings if f.kind == "duplicate"]
+    (50, [])
     """
     scanned = scan_gallery(gallery)
     finder = store.faces if store is not None else FaceFinder(face_step("auto"), size=64)

@@ -82,8 +82,10 @@ def evaluate(store: FaceStore | str | Path, gallery: str | Path | None = None, *
     With ``flip``, every image (held-out and training) is answered as the mean of itself and its
     mirror image (test-time augmentation): twice the work, to measure what it would buy.
 
-    >>> result = evaluate("faces/", confusion_png="confusion.png")
-    >>> result.accuracy, result.f1
+    >>> result = facerank.evaluate("faces/", confusion_png="confusion.png")
+    >>> len(result.photos) == result.images, 0.0 <= result.accuracy <= 1.0
+    (True, True)
+    >>> wrong = [(p.photo, p.predicted) for p in result.photos if not p.correct]
     """
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
