@@ -27,7 +27,7 @@ def serve(
                                              "http://HOST:PORT/#token=READ_TOKEN."),
     insecure_no_token: bool = typer.Option(False, "--insecure-no-token", help="Serve beyond "
                                            "loopback with no token: anyone who reaches the "
-                                           "address may enrol and remove people."),
+                                           "address may add and remove people."),
     max_upload_mb: float = typer.Option(10.0, help="Largest accepted photo, in MB."),
     max_concurrent: Optional[int] = typer.Option(None, help="Model or store calls run at once "
                                                  "(default 1: each uses every core); more wait their "
@@ -43,12 +43,12 @@ def serve(
     if not token and not _is_loopback(host):
         if not insecure_no_token:
             typer.echo(f"error: refusing to serve on {host} without a token: anyone who can "
-                       "reach it could enrol and remove people. Add --token SECRET (and "
+                       "reach it could add and remove people. Add --token SECRET (and "
                        "--read-token to guard the answers too), or --insecure-no-token to serve "
                        "it open anyway", err=True)
             raise typer.Exit(2)
         typer.echo(f"warning: serving on {host} without a token (--insecure-no-token): anyone "
-                   "who can reach it can enrol and remove people", err=True)
+                   "who can reach it can add and remove people", err=True)
     try:
         import uvicorn
 
