@@ -5,6 +5,7 @@
     >>> facerank.closest("photo.jpg", k=5)           # which gallery images are closest
     >>> facerank.identify("group.jpg")               # every face: box, who, closest
     >>> store = facerank.open("faces/")              # open once, query many times
+    >>> facerank.distance(store.embed(["a.jpg", "b.jpg"]), store.embed("c.jpg"))  # face prints
 
 The module-level functions use the default store: ``$FACERANK_STORE``, else ``./facerank-store``.
 Importing facerank is cheap: torch, FAISS and the model load on first use.
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "open": "facerank.api", "closest": "facerank.api", "classify": "facerank.api",
     "embed": "facerank.api", "identify": "facerank.api",
+    "distance": "facerank.vectors", "compare": "facerank.vectors",
     "FaceAnswer": "facerank.store", "PhotoAnswer": "facerank.store", "Face": "facerank.faces.detection", "FaceStep": "facerank.faces.detection",
     "draw_faces": "facerank.faces.drawing", "NoFaceError": "facerank.errors",
     "default_store_path": "facerank.api",

@@ -1,4 +1,6 @@
-"""Module-level ``closest`` / ``classify`` / ``embed`` over a default store.
+"""Module-level ``closest`` / ``classify`` / ``identify`` / ``embed`` over a default store.
+
+Each takes one image or many, as sentence-transformers' ``encode`` does (see ``FaceStore.embed``).
 
 The default store is ``$FACERANK_STORE`` if set, else ``./facerank-store``. Stores are opened
 once and cached per folder: a cached store picks up other processes' writes by itself, and one
@@ -10,11 +12,10 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from facerank.data.images import ImageInput
+from facerank.data.images import ImageInputs
 from facerank.store import FaceAnswer, FaceStore, Match, Prediction
 from facerank.model.config import CONFIG_FILE
 
@@ -32,7 +33,8 @@ def open(store: str | Path | None = None, *, device: str = "cpu") -> FaceStore: 
     """Open a store (cached per folder; re-opened when its model changed on disk).
 
     >>> store = facerank.open("faces/")
-    >>> store.closest("photo.jpg", k=3)
+    >>> len(store.closest("photo.jpg", k=3))
+    3
     """
     folder = Path(store) if store is not None else default_store_path()
     key = str(folder.resolve())
@@ -46,45 +48,60 @@ def open(store: str | Path | None = None, *, device: str = "cpu") -> FaceStore: 
         return opened
 
 
-def closest(image: ImageInput | Sequence[ImageInput], *, k: int = 5,
-            store: str | Path | None = None) -> list[Match] | list[list[Match]]:
-    """The ``k`` gallery images nearest to ``image`` (Euclidean distance on face prints).
+def closest(images: ImageInputs, *, k: int = 5, batch_size: int = 32,
+            show_progress: bool = False, store: str | Path | None = None
+            ) -> list[Match] | list[list[Match]]:
+    """The ``k`` gallery images nearest to an image (Euclidean distance on face prints); for
+    many images (a list, generator, any iterable or an N x H x W x 3 array), a list per image,
+    read ``batch_size`` at a time.
 
     >>> facerank.closest("photo.jpg", k=2)
-    [Match(rank=0, person='s7', distance=0.38, path='.../s7/3.pgm', id=61), Match(rank=1, ...)]
+    [Match(rank=0, person='s1', distance=..., path='.../s1/...', id=...), Match(rank=1, ...)]
+    >>> [len(matches) for matches in facerank.closest(["a.jpg", "b.jpg"], k=3)]
+    [3, 3]
     """
-    return open(store).closest(image, k=k)
+    return open(store).closest(images, k=k, batch_size=batch_size, show_progress=show_progress)
 
 
-def classify(image: ImageInput | Sequence[ImageInput], *, top_k: int = 5,
-             store: str | Path | None = None) -> list[Prediction] | list[list[Prediction]]:
-    """The ``top_k`` most probable people for ``image``, with softmax probabilities.
+def classify(images: ImageInputs, *, top_k: int = 5, batch_size: int = 32,
+             show_progress: bool = False, store: str | Path | None = None
+             ) -> list[Prediction] | list[list[Prediction]]:
+    """The ``top_k`` most probable people for an image, with softmax probabilities; for many
+    images, a list per image.
 
     >>> facerank.classify("photo.jpg", top_k=2)
-    [Prediction(rank=0, person='s7', probability=0.97), Prediction(rank=1, ...)]
+    [Prediction(rank=0, person=..., probability=...), Prediction(rank=1, ...)]
     """
-    return open(store).classify(image, top_k=top_k)
+    return open(store).classify(images, top_k=top_k, batch_size=batch_size,
+                                show_progress=show_progress)
 
 
-def identify(image: ImageInput | Sequence[ImageInput], *, k: int = 5, top_k: int = 5,
+def identify(images: ImageInputs, *, k: int = 5, top_k: int = 5, every: bool = True,
+             batch_size: int = 32, show_progress: bool = False,
              store: str | Path | None = None) -> list[FaceAnswer] | list[list[FaceAnswer]]:
-    """Every face in ``image``, largest first: its box and landmarks, the ``top_k`` people, the
-    ``k`` closest gallery images and, once calibrated, whether it is unknown.
+    """Every face in an image, largest first: its box and landmarks, the ``top_k`` people, the
+    ``k`` closest gallery images and, once calibrated, whether it is unknown; for many images,
+    a list per image. ``every=False``: the largest face only.
 
     >>> [(face.box, face.people[0].person) for face in facerank.identify("group.jpg")]
-    [((412, 88, 505, 181), 's7'), ((130, 102, 207, 179), 's2')]
+    [((...), '...'), ((...), '...')]
     """
-    return open(store).identify(image, k=k, top_k=top_k)
+    return open(store).identify(images, k=k, top_k=top_k, every=every, batch_size=batch_size,
+                                show_progress=show_progress)
 
 
-def embed(image: ImageInput | Sequence[ImageInput], *, store: str | Path | None = None
-          ) -> np.ndarray:
-    """The face print(s) of ``image`` as stored in the index: (2048,) or (n, 2048) float32.
+def embed(images: ImageInputs, *, batch_size: int = 32, show_progress: bool = False,
+          store: str | Path | None = None) -> np.ndarray:
+    """The face print of an image as stored in the index, ``(2048,)`` float32; for many images
+    (a list, generator, any iterable or an N x H x W x 3 array) ``(n, 2048)``, read
+    ``batch_size`` at a time so that memory follows the batch, not the input's length.
 
-    >>> facerank.embed(["a.jpg", "b.jpg"]).shape
-    (2, 2048)
+    >>> facerank.embed("a.jpg").shape, facerank.embed(["a.jpg", "b.jpg"]).shape
+    ((2048,), (2, 2048))
+    >>> facerank.distance(facerank.embed(["a.jpg", "b.jpg"]), facerank.embed("c.jpg"))
+    array([..., ...], dtype=float32)
     """
-    return open(store).embed(image)
+    return open(store).embed(images, batch_size=batch_size, show_progress=show_progress)
 
 
 def _mtime(path: Path) -> int:

@@ -13,6 +13,9 @@ def test_module_functions_use_the_default_store(store_copy, monkeypatch):
     assert facerank.closest(photo, k=1)[0].path == str(photo)
     assert facerank.classify(photo, top_k=2)[0].person in store.people
     assert facerank.embed([photo, photo]).shape == (2, 2048)
+    # As sentence-transformers' encode: one image → one vector, a generator → one row each.
+    assert facerank.embed(photo).shape == (2048,)
+    assert facerank.embed((photo for _ in range(3)), batch_size=2).shape == (3, 2048)
     assert facerank.open() is facerank.open(store.folder)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
 from facerank.errors import ImageError
-from facerank.data.images import MAX_PIXELS, load_image
+from facerank.data.images import (MAX_PIXELS, image_items, is_image_input, load_image,
+                                  load_item)
 
 
 def _picture(mode="RGB", size=(40, 30)) -> Image.Image:
@@ -152,3 +154,59 @@ def test_fuzzed_real_jpeg_only_raises_image_error(mutations):
         assert load_image(bytes(data)).mode == "RGB"
     except ImageError:
         pass
+
+
+# -- one image or many (the way queries take them) ------------------------------------------------
+
+@pytest.mark.parametrize("value,single,count", [
+    ("a.jpg", True, 1), (Path("a.jpg"), True, 1), (b"\x89PNG", True, 1),
+    (Image.new("RGB", (4, 4)), True, 1), (np.zeros((4, 4), np.uint8), True, 1),
+    (np.zeros((4, 4, 3), np.uint8), True, 1), (np.zeros((2, 4, 4, 3), np.uint8), False, 2),
+    (["a.jpg", "b.jpg"], False, 2), (("a.jpg",), False, 1),
+    ((name for name in ["a.jpg", "b.jpg", "c.jpg"]), False, 3), (iter([]), False, 0), ([], False, 0),
+])
+def test_one_image_or_many(value, single, count):
+    """One path is one image (never its characters); a 4-D array, like a list, is many."""
+    assert is_image_input(value) is single
+    found_single, items = image_items(value)
+    assert found_single is single and len(list(items)) == count
+
+
+def test_a_batch_array_gives_its_rows_as_views_and_a_generator_is_not_read_ahead():
+    batch = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    _, items = image_items(batch)
+    rows = list(items)
+    assert len(rows) == 2 and all(row.shape == (4, 4, 3) and np.shares_memory(row, batch) for row in rows)
+    pulled = []
+
+    def photos():
+        for name in ("a.jpg", "b.jpg"):
+            pulled.append(name)
+            yield name
+
+    _, items = image_items(photos())
+    assert pulled == []            # nothing read until asked
+    assert next(items) == "a.jpg" and pulled == ["a.jpg"]
+
+
+@pytest.mark.parametrize("value,message", [
+    (42, "got int"), (None, "got NoneType"), ({"a.jpg", "b.jpg"}, "no order"),
+    ({"a.jpg": 1}, "no order"),
+])
+def test_neither_an_image_nor_many_is_a_type_error(value, message):
+    with pytest.raises(TypeError, match=message):
+        image_items(value)
+
+
+def test_an_item_of_many_is_named_by_its_position_and_path(tmp_path):
+    missing = tmp_path / "gone.jpg"
+    with pytest.raises(ImageError) as caught:
+        load_item(missing, 3)
+    assert str(caught.value) == f"images[3] ({missing}): no such file"
+    assert caught.value.position == 3 and caught.value.reason == "no such file"
+    with pytest.raises(ImageError, match=r"^images\[1\] \(<array \(4, 4, 2\) uint8>\): expected"):
+        load_item(np.zeros((4, 4, 2), np.uint8), 1)
+    with pytest.raises(TypeError, match=r"^images\[7\]: expected a path"):
+        load_item(42, 7)
+    with pytest.raises(ImageError, match=f"^{missing}: no such file"):  # the only image: no position
+        load_item(missing, None)

@@ -4,6 +4,9 @@ Accepted inputs: a path (``str`` or ``Path``), raw encoded ``bytes``, a ``PIL.Im
 array (``HxW`` greyscale or ``HxWx3``/``HxWx4``, uint8 or float in [0, 1]). EXIF orientation is
 applied, animated images give their first frame, and every mode (greyscale, palette, CMYK, RGBA,
 16-bit, float) is converted to 8-bit RGB.
+
+Queries take one image or many, as sentence-transformers' ``encode`` does: ``image_items`` tells
+which, and ``load_item`` loads one of many with errors that name its position.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import AbstractSet, Iterable, Iterator, Mapping, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -19,6 +22,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from facerank.errors import ImageError
 
 ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray]
+#: One image or many: a list, tuple, generator or other iterable of them, or an N x H x W x C array.
+ImageInputs = Union[ImageInput, Iterable[ImageInput]]
 
 #: File name endings a gallery scan picks up (lower case).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".pbm", ".gif", ".bmp",
@@ -41,14 +46,74 @@ def describe(source: ImageInput) -> str:
 
 
 def is_image_input(value: object) -> bool:
-    """True for one image (as opposed to a list of them)."""
-    return isinstance(value, (str, Path, bytes, Image.Image, np.ndarray))
+    """True for one image, as opposed to many: a path, bytes, a PIL image, or an array of one
+    image (``HxW``, ``HxWxC``). A 4-D array (``N x H x W x C``) is many.
+
+    >>> is_image_input("a.jpg"), is_image_input(["a.jpg"]), is_image_input(np.zeros((2, 8, 8, 3)))
+    (True, False, False)
+    """
+    if isinstance(value, np.ndarray):
+        return value.ndim != 4
+    return isinstance(value, (str, Path, bytes, Image.Image))
+
+
+def image_items(images: ImageInput | Iterable[ImageInput]
+                ) -> tuple[bool, Iterator[ImageInput]]:
+    """(whether ``images`` is one image, an iterator over the images it holds).
+
+    One image: a path, bytes, a PIL image, an ``HxW``/``HxWxC`` array. Many: a list, tuple,
+    any other iterable or generator of those, or an ``N x H x W x C`` array (its rows are
+    views, not copies). Nothing is read here, and a generator is consumed only as the iterator
+    is, so a caller can stream any number of images through bounded memory. Sets and mappings
+    are refused: their order is not the caller's, and answers come back in input order.
+
+    >>> single, items = image_items(["a.jpg", "b.jpg"])
+    >>> single, list(items)
+    (False, ['a.jpg', 'b.jpg'])
+    """
+    if is_image_input(images):
+        return True, iter([images])
+    if isinstance(images, (AbstractSet, Mapping)):
+        raise TypeError(f"expected an image or a sequence of images, got a "
+                        f"{type(images).__name__}, which has no order to answer in: pass a "
+                        "list (e.g. sorted(...))")
+    try:
+        return False, iter(images)
+    except TypeError:
+        raise TypeError(f"expected an image (a path, bytes, PIL.Image or numpy array) or an "
+                        f"iterable of them, got {type(images).__name__}") from None
+
+
+def item_name(source: ImageInput, position: int | None) -> str:
+    """``describe(source)``, preceded by its position among many (None: the only image).
+
+    >>> item_name("b.jpg", 1)
+    'images[1] (b.jpg)'
+    """
+    return describe(source) if position is None else f"images[{position}] ({describe(source)})"
+
+
+def load_item(source: ImageInput, position: int | None) -> Image.Image:
+    """``load_image`` for the item at ``position`` of many (None: the only image). Its
+    ``ImageError`` names the position and the path (and carries ``position``); its
+    ``TypeError`` names the position.
+    """
+    if position is None:
+        return load_image(source)
+    try:
+        return load_image(source)
+    except ImageError as error:
+        positioned = ImageError(item_name(source, position), error.reason)
+        positioned.position = position
+        raise positioned from None
+    except TypeError as error:
+        raise TypeError(f"images[{position}]: {error}") from None
 
 
 def load_image(source: ImageInput) -> Image.Image:
     """Read one image as 8-bit RGB.
 
-    >>> load_image("gallery/ada/1.jpg").mode
+    >>> load_image("examples/gallery/s1/1.pgm").mode   # a greyscale ORL photo
     'RGB'
 
     Raises ``ImageError`` (naming the file) for anything that is not a readable image, and

@@ -8,12 +8,15 @@ database's version is one cheap read).
 
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable
+from typing import Iterator, Sequence
 
 import numpy as np
+from PIL import Image
 
 from facerank import __version__
 from facerank.model.config import CONFIG_FILE, read_config
@@ -21,7 +24,9 @@ from facerank.errors import ImageError, NoFaceError, StoreError, StoreMismatchEr
 from facerank.faces.cache import face_finder
 from facerank.faces.detection import Face
 from facerank.folder_lock import FolderLock
-from facerank.data.images import ImageInput, describe, is_image_input, load_image
+from facerank.progress import Progress
+from facerank.data.images import (ImageInput, ImageInputs, describe, image_items, item_name,
+                                  load_image, load_item)
 from facerank.search.index import DEFAULT_FACTORY, IndexPlan, choose_index
 from facerank.search.tuning import Tuning
 from facerank.model.runtime import load_model
@@ -34,6 +39,7 @@ from facerank.store.results import (ChangeReport, FaceAnswer, Match, PhotoAnswer
 from facerank.store.snapshot import Snapshot, read_snapshot
 from facerank.store.tuning import tune_base
 from facerank.units import parse_latency, parse_size
+from facerank.vectors import distance as face_distance
 
 #: How long a write waits for another writer to finish before saying the store is busy.
 LOCK_WAIT = 10.0
@@ -188,70 +194,142 @@ class FaceStore:
 
     # -- queries ---------------------------------------------------------------------------------
 
-    def embed(self, images: ImageInput | Sequence[ImageInput], *, batch_size: int = 32
+    def embed(self, images: ImageInputs, *, batch_size: int = 32, show_progress: bool = False
               ) -> np.ndarray:
-        """Embeddings as stored in the index: 1-D for one image, 2-D for a list."""
+        """Face prints as the index holds them, shaped as sentence-transformers' ``encode``
+        gives them: ``(2048,)`` for one image; ``(n, 2048)`` for many (a list, tuple, generator
+        or any iterable, or an ``N x H x W x 3`` array), ``(0, 2048)`` for none.
+
+        Many images are read ``batch_size`` at a time, embedded and let go, so memory follows
+        the batch, not the input's length. ``show_progress``: a bar on stderr. A photo that
+        cannot be read stops the call with an ``ImageError`` naming its position and path
+        (``identify_each`` answers the rest instead).
+
+        >>> store.embed("a.jpg").shape
+        (2048,)
+        >>> from pathlib import Path
+        >>> store.embed(Path("GALLERY").rglob("*.pgm"), batch_size=16).shape   # a generator
+        (50, 2048)
+        """
         snapshot = self.snapshot()
-        single, inputs = _model_inputs(snapshot, images)
-        vectors = snapshot.model.embed(inputs, batch_size=batch_size)
-        return vectors[0] if single else vectors
+        single, parts = _in_batches(
+            images, batch_size, show_progress, "embedding",
+            lambda batch: snapshot.model.embed(_largest_faces(snapshot, batch),
+                                               batch_size=batch_size))
+        if single:
+            return parts[0][0]
+        if not parts:
+            return np.zeros((0, snapshot.model.config.embedding_dim), np.float32)
+        return np.concatenate(parts)
 
-    def closest(self, images: ImageInput | Sequence[ImageInput], *, k: int = 5
-                ) -> list[Match] | list[list[Match]]:
-        """The ``k`` nearest gallery images of each query (a list per query for a list)."""
+    def closest(self, images: ImageInputs, *, k: int = 5, batch_size: int = 32,
+                show_progress: bool = False) -> list[Match] | list[list[Match]]:
+        """The ``k`` nearest gallery images of one image, or a list of them per image for many
+        (taken as ``embed`` takes them, streamed ``batch_size`` at a time).
+
+        >>> store.closest("photo.jpg", k=2)
+        [Match(rank=0, person='s1', distance=..., path='.../s1/...', id=...), Match(rank=1, ...)]
+        >>> [len(matches) for matches in store.closest(["a.jpg", "b.jpg"], k=3)]
+        [3, 3]
+        """
+        _check_count("k", k)
         snapshot = self._queryable()
-        single, inputs = _model_inputs(snapshot, images)
-        answers = self._search(snapshot, snapshot.model.embed(inputs), k)
-        return answers[0] if single else answers
+        single, answers = _in_batches(
+            images, batch_size, show_progress, "searching",
+            lambda batch: self._search(snapshot, snapshot.model.embed(
+                _largest_faces(snapshot, batch), batch_size=batch_size), k))
+        return _one_or_all(single, answers)
 
-    def classify(self, images: ImageInput | Sequence[ImageInput], *, top_k: int = 5
-                 ) -> list[Prediction] | list[list[Prediction]]:
-        """The ``top_k`` most probable people of each query, by the fine-tuned head."""
+    def classify(self, images: ImageInputs, *, top_k: int = 5, batch_size: int = 32,
+                 show_progress: bool = False) -> list[Prediction] | list[list[Prediction]]:
+        """The ``top_k`` most probable people of one image by the fine-tuned head, or a list of
+        them per image for many (taken as ``embed`` takes them).
+
+        >>> store.classify("photo.jpg", top_k=2)
+        [Prediction(rank=0, person=..., probability=...), Prediction(rank=1, ...)]
+        >>> len(store.classify(("a.jpg", "b.jpg", "c.jpg"), top_k=1))
+        3
+        """
+        _check_count("top_k", top_k)
         snapshot = self.snapshot()
-        single, inputs = _model_inputs(snapshot, images)
-        _, probabilities = snapshot.model.embed_and_classify(inputs)
-        answers = [_predictions(snapshot, row, top_k) for row in probabilities]
-        return answers[0] if single else answers
 
-    def query(self, images: ImageInput | Sequence[ImageInput], *, k: int = 5, top_k: int = 5):
-        """``(closest, classify)`` from one forward pass per image."""
+        def answer(batch):
+            _, probabilities = snapshot.model.embed_and_classify(
+                _largest_faces(snapshot, batch), batch_size=batch_size)
+            return [_predictions(snapshot, row, top_k) for row in probabilities]
+
+        single, answers = _in_batches(images, batch_size, show_progress, "classifying", answer)
+        return _one_or_all(single, answers)
+
+    def query(self, images: ImageInputs, *, k: int = 5, top_k: int = 5, batch_size: int = 32,
+              show_progress: bool = False):
+        """``(closest, classify)`` from one forward pass per image.
+
+        >>> matches, people = store.query(["a.jpg", "b.jpg"], k=5, top_k=3)
+        >>> len(matches[0]), len(people[1])
+        (5, 3)
+        """
+        _check_count("k", k)
+        _check_count("top_k", top_k)
         snapshot = self._queryable()
-        single, inputs = _model_inputs(snapshot, images)
-        vectors, probabilities = snapshot.model.embed_and_classify(inputs)
-        matches = self._search(snapshot, vectors, k)
-        predictions = [_predictions(snapshot, row, top_k) for row in probabilities]
-        return (matches[0], predictions[0]) if single else (matches, predictions)
 
-    def identify(self, images: ImageInput | Sequence[ImageInput], *, k: int = 5, top_k: int = 5,
-                 every: bool = True) -> list[FaceAnswer] | list[list[FaceAnswer]]:
+        def answer(batch):
+            vectors, probabilities = snapshot.model.embed_and_classify(
+                _largest_faces(snapshot, batch), batch_size=batch_size)
+            return list(zip(self._search(snapshot, vectors, k),
+                            [_predictions(snapshot, row, top_k) for row in probabilities]))
+
+        single, answers = _in_batches(images, batch_size, show_progress, "searching", answer)
+        if single:
+            return answers[0][0]
+        return [m for part in answers for m, _ in part], [p for part in answers for _, p in part]
+
+    def identify(self, images: ImageInputs, *, k: int = 5, top_k: int = 5, every: bool = True,
+                 batch_size: int = 32, show_progress: bool = False
+                 ) -> list[FaceAnswer] | list[list[FaceAnswer]]:
         """One answer per face in each photo, largest face first: box, landmarks, top people,
-        closest gallery images and, once calibrated, whether the face is unknown.
+        closest gallery images and, once calibrated, whether the face is unknown. One photo
+        gives its list of answers; many (taken as ``embed`` takes them) a list per photo.
 
         A photo without a face gives ``[]`` (under the ``skip`` policy) or one answer for the
         whole image (under ``whole``, with ``face`` None). ``every=False``: the largest face only.
         Before the index is built the people are answered and ``matches`` are empty.
 
-        >>> for face in store.identify("group.jpg"):
-        ...     print(face.box, face.people[0].person, face.matches[0].path)
+        >>> faces = store.identify("group.jpg")
+        >>> faces[0].people[0].person in store.people, len(faces[0].matches)
+        (True, 5)
+        >>> [len(faces) for faces in store.identify(["photo.jpg", "a.jpg"], every=False)]
+        [1, 1]
         """
+        _check_count("k", k)
+        _check_count("top_k", top_k)
         snapshot = self._queryable(empty_ok=True)
-        single, loaded = _load_all(images)
-        per_photo = [snapshot.faces.inputs(image, every=every) for image in loaded]
-        flat = [item for inputs in per_photo for item in inputs]
-        vectors, probabilities = snapshot.model.embed_and_classify([item.image for item in flat])
-        matches = self._search(snapshot, vectors, k) if flat else []
         threshold = _threshold(snapshot)
-        answers, position = [], 0
-        for inputs in per_photo:
-            photo = []
-            for item in inputs:
-                nearest = matches[position]
-                photo.append(FaceAnswer(
-                    face=item.face, people=_predictions(snapshot, probabilities[position], top_k),
-                    matches=nearest, unknown=_is_unknown(threshold, nearest[0] if nearest else None)))
-                position += 1
-            answers.append(photo)
-        return answers[0] if single else answers
+
+        def answer(batch):
+            per_photo = [snapshot.faces.inputs(image, every=every) for _, image in batch]
+            flat = [item for inputs in per_photo for item in inputs]
+            if not flat:
+                return [[] for _ in per_photo]
+            vectors, probabilities = snapshot.model.embed_and_classify(
+                [item.image for item in flat], batch_size=batch_size)
+            matches = self._search(snapshot, vectors, k)
+            answers, position = [], 0
+            for inputs in per_photo:
+                photo = []
+                for item in inputs:
+                    nearest = matches[position]
+                    photo.append(FaceAnswer(
+                        face=item.face,
+                        people=_predictions(snapshot, probabilities[position], top_k),
+                        matches=nearest,
+                        unknown=_is_unknown(threshold, nearest[0] if nearest else None)))
+                    position += 1
+                answers.append(photo)
+            return answers
+
+        single, answers = _in_batches(images, batch_size, show_progress, "identifying", answer)
+        return _one_or_all(single, answers)
 
     def identify_each(self, photos: Iterable[ImageInput], *, k: int = 5, top_k: int = 5,
                       every: bool = True, batch_size: int = 32) -> Iterator[PhotoAnswer]:
@@ -271,7 +349,7 @@ class FaceStore:
         for name, value in (("k", k), ("top_k", top_k), ("batch_size", batch_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UsageError(f"{name} must be a whole number of at least 1, got {value!r}")
-        items = [photos] if is_image_input(photos) else photos  # one photo, or many
+        _, items = image_items(photos)  # one photo, or any iterable of them (as identify)
         snapshot = self._queryable(empty_ok=True)
         threshold = _threshold(snapshot)
         chunk: list[ImageInput] = []
@@ -321,11 +399,13 @@ class FaceStore:
         """Same person or not, by the distance between the two face prints.
 
         >>> store.verify("a.jpg", "b.jpg")
-        Verification(distance=0.21, threshold=0.24, same=True)
+        Verification(distance=..., threshold=..., same=...)
         """
         snapshot = self.snapshot()
-        vectors = snapshot.model.embed(_model_inputs(snapshot, [image_a, image_b])[1])
-        distance = float(np.linalg.norm(vectors[0] - vectors[1]))
+        pair = [(describe(image), load_image(image)) for image in (image_a, image_b)]
+        vectors = snapshot.model.embed(_largest_faces(snapshot, pair))
+        # facerank.distance / facerank.compare on embed()'s vectors give the same answer.
+        distance = face_distance(vectors[0], vectors[1])
         threshold = _threshold(snapshot)
         return Verification(distance=distance, threshold=threshold,
                             same=None if threshold is None else distance <= threshold)
@@ -383,13 +463,24 @@ class FaceStore:
 
     def add(self, paths: Iterable[str | Path] | str | Path, *, person: str | Sequence[str],
             show_progress: bool = False, commit_every: int = COMMIT_EVERY) -> ChangeReport:
-        """Embed and index image files as ``person`` (one name, or one per path).
+        """Embed and index image files as ``person`` (one name, or one per path). ``paths`` is
+        one file (a ``str`` or ``Path``) or an iterable of them.
 
         A path already indexed with the same content is left as it is; with new content it is
         re-embedded. Unreadable files are skipped and listed in the report.
+
+        >>> report = store.add(["new/ada1.jpg", "new/ada2.jpg"], person=["ada", "bob"])
+        >>> store.add("new/ada1.jpg", person="ada").unchanged     # one file: a str or a Path
+        1
         """
-        paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
-        people = [person] * len(paths) if isinstance(person, str) else list(person)
+        paths = _as_paths(paths)
+        if isinstance(person, str):
+            people = [person] * len(paths)
+        elif isinstance(person, Iterable) and not isinstance(person, bytes):
+            people = list(person)
+        else:
+            raise TypeError(f"person must be a name (str) or one name per path, got "
+                            f"{type(person).__name__}")
         if len(people) != len(paths):
             raise ValueError(f"{len(people)} people for {len(paths)} paths")
         for name in set(people):
@@ -400,15 +491,37 @@ class FaceStore:
             writer.ingest(list(zip(paths, people)))
             return writer.report.deduplicate()
 
-    def remove(self, *, ids: Iterable[int] = (), paths: Iterable[str | Path] = (),
+    def remove(self, *images: int | str | Path | Iterable[int | str | Path],
+               ids: Iterable[int] = (), paths: Iterable[str | Path] = (),
                person: str | None = None) -> ChangeReport:
-        """Remove images by record id, by path, or every image of a person. Photos the store
-        owns (enrolled through the server) are deleted with their last record."""
-        wanted_paths = [layout.stored_path(self.folder, p) for p in paths]
+        """Remove gallery images: each positional argument a record id (an ``int``), a path
+        (a ``str`` or ``Path``) or a list of them; or by ``ids=``, by ``paths=``, or every image
+        of ``person``. Photos the store owns (added through the server) are deleted with their
+        last record.
+
+        >>> _ = store.add(["new/ada1.jpg", "new/ada2.jpg"], person="ada")
+        >>> added = store.closest("new/ada1.jpg", k=1)[0]
+        >>> store.remove(added.id, "new/ada2.jpg").removed      # a record id and a path
+        2
+        >>> store.remove(person="ada").removed                  # nothing of ada's left
+        0
+        """
+        wanted_ids, wanted = [], []
+        for target in [*images, *_listed(ids), *_listed(paths)]:
+            for item in (target if _is_many(target) else [target]):
+                if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+                    wanted_ids.append(int(item))
+                elif isinstance(item, (str, os.PathLike)):
+                    wanted.append(layout.stored_path(self.folder, item))
+                else:
+                    raise TypeError(f"remove takes record ids (int) and paths (str or Path), "
+                                    f"got {type(item).__name__}: {item!r}")
+        if person is not None and not isinstance(person, str):
+            raise TypeError(f"person must be a name (str), got {type(person).__name__}")
         with self._writer(False, COMMIT_EVERY) as writer:
             with self.database.reading() as sql:
-                doomed = {int(i) for i in ids}
-                doomed |= {r.id for path in wanted_paths
+                doomed = set(wanted_ids)
+                doomed |= {r.id for path in wanted
                            for r in Database.records(sql, "WHERE path = ?", (path,))}
                 if person is not None:
                     doomed |= {r.id for r in Database.records(sql, "WHERE person = ?", (person,))}
@@ -600,29 +713,81 @@ def _predictions(snapshot: Snapshot, probabilities: np.ndarray, top_k: int) -> l
             for rank, i in enumerate(order)]
 
 
-def _model_inputs(snapshot: Snapshot, images) -> tuple[bool, list]:
-    """(was it one image, the network's input for each): its largest face, aligned."""
-    single, loaded = _load_all(images)
-    sources = [images] if single else list(images)
+def _in_batches(images, batch_size: int, show_progress: bool, description: str, answer
+                ) -> tuple[bool, list]:
+    """(was it one image, ``answer``'s result for each batch), reading ``images`` (one image or
+    many, see ``image_items``) ``batch_size`` at a time as ``(name, RGB image)`` pairs. Each
+    batch is let go once answered: memory follows the batch, not the input's length."""
+    _check_count("batch_size", batch_size)
+    single, items = image_items(images)
+    total = 1 if single else (len(images) if hasattr(images, "__len__") else None)
+    results, batch = [], []
+    with Progress(show_progress) as progress:
+        task = progress.add(description, total)
+        for position, source in enumerate(items):
+            where = None if single else position
+            batch.append((item_name(source, where), load_item(source, where)))
+            if len(batch) == batch_size:
+                results.append(answer(batch))
+                for _ in batch:
+                    progress.advance(task)
+                batch = []
+        if batch:
+            results.append(answer(batch))
+            for _ in batch:
+                progress.advance(task)
+    return single, results
+
+
+def _one_or_all(single: bool, parts: list[list]) -> list:
+    """The one image's answer, or every image's answer in order, from per-batch lists."""
+    return parts[0][0] if single else [answer for part in parts for answer in part]
+
+
+def _largest_faces(snapshot: Snapshot, batch: list) -> list:
+    """The network's input for each ``(name, image)``: its largest face, aligned."""
     inputs = []
-    for source, image in zip(sources, loaded):
+    for name, image in batch:
         found = snapshot.faces.inputs(image)
         if not found:
-            raise NoFaceError(describe(source))
+            raise NoFaceError(name)
         inputs.append(found[0].image)
-    return single, inputs
+    return inputs
 
 
-def _load_all(images) -> tuple[bool, list]:
-    """(was it a single image, the images loaded as RGB)."""
-    if is_image_input(images):
-        return True, [load_image(images)]
-    if not isinstance(images, (list, tuple)):
-        raise TypeError(f"expected an image or a list of images, got {describe(images)}")
-    return False, [load_image(image) for image in images]
+def _check_count(name: str, value: int) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise UsageError(f"{name} must be a whole number of at least 1, got {value!r}")
+
+
+def _as_paths(paths) -> list[Path]:
+    """One file (``str``/``Path``: never its characters) or an iterable of them, as Paths."""
+    if isinstance(paths, (str, os.PathLike)):
+        return [Path(paths)]
+    if not _is_many(paths):
+        raise TypeError(f"add takes image files: a path (str or Path) or an iterable of paths, "
+                        f"got {type(paths).__name__} (save an image to a file first)")
+    found = []
+    for position, path in enumerate(paths):
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"paths[{position}]: expected a path (str or Path), got "
+                            f"{type(path).__name__}")
+        found.append(Path(path))
+    return found
+
+
+def _is_many(value) -> bool:
+    """An iterable of targets, as opposed to one (a str, bytes and a PIL image are one)."""
+    return isinstance(value, Iterable) and not isinstance(value, (str, bytes, os.PathLike,
+                                                                  Image.Image))
+
+
+def _listed(values) -> list:
+    """``ids=``/``paths=``: one value, or an iterable of them."""
+    return [values] if not _is_many(values) else list(values)
 
 
 def _check_person_name(name: str) -> None:
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"a person's name must be a non-empty string, got {name!r}")
+        raise UsageError(f"a person's name must be a non-empty string, got {name!r}")
 
