@@ -18,8 +18,9 @@ name (415 otherwise), re-encoded before anything is written, and saved under nam
 chooses; no path from a client ever reaches the file system; thumbnails come only from a
 store's own records. Changes need the bearer ``token`` when one is set. With a ``read_token``,
 the answers (the store list and info, which name people, thumbnails, identify, classify,
-closest, faces, verify) need it or the write token; ``/api/health`` and the page stay open (the page sends a
-token given in its address as ``#token=...`` or typed into the field it shows when asked).
+closest, faces, verify) need it or the write token; ``/api/health`` and the page stay open (the
+page sends a token given in its address as ``#token=...`` or typed into the field it shows when
+asked).
 The CLI binds to 127.0.0.1 unless told otherwise, and refuses any other address without
 ``--token`` unless given ``--insecure-no-token``.
 
@@ -66,7 +67,7 @@ PAGE = Path(__file__).parent / "web" / "index.html"
 NO_FACE_DETAIL = ("no face found in {}: this store answers for faces only; try a photo where a "
                   "face is larger and seen from the front")
 
-# -- what the answers look like, for the OpenAPI document -------------------------------------------
+# -- what the answers look like, for the OpenAPI document ---------------------------------------
 # Descriptions only: each endpoint sends the library's ``to_json`` as it is (a JSONResponse, which
 # FastAPI does not filter through these models). ``extra="forbid"`` makes the schema list every
 # key, so tests/test_openapi.py fails if ``to_json`` and the document ever disagree.
