@@ -193,9 +193,11 @@ def test_many_images_stream_through_bounded_memory(store):
 
 
 def test_show_progress_draws_a_bar_on_stderr(store, photos, capsys):
-    store.embed(iter(photos), batch_size=2, show_progress=True)
+    store.embed(iter(photos), batch_size=2, show_progress=True)  # no length: "5/?"
     captured = capsys.readouterr()
-    assert captured.out == "" and "embedding" in captured.err and "5" in captured.err
+    assert captured.out == "" and "embedding" in captured.err and "5/?" in captured.err
+    store.closest(photos, batch_size=2, show_progress=True)       # a list: "5/5"
+    assert "searching" in (err := capsys.readouterr().err) and "5/5" in err
     store.embed(photos)
     assert capsys.readouterr().err == ""  # quiet by default
 
