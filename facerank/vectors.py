@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from facerank.errors import UsageError
+
 
 def distance(known, candidate) -> np.ndarray | float:
     """Euclidean distances from ``candidate`` (one vector, 1-D) to each row of ``known``.
@@ -32,19 +34,19 @@ def distance(known, candidate) -> np.ndarray | float:
     >>> facerank.distance([1.0, 2.0, 3.0], [1.0, 2.0])
     Traceback (most recent call last):
     ...
-    ValueError: known vectors have 3 values and the candidate 2: shapes (3,) and (2,)
+    facerank.errors.UsageError: known vectors have 3 values and the candidate 2: shapes (3,) and (2,)
     """
     known, candidate = _as_vectors(known), _as_vectors(candidate)
     if candidate.ndim != 1 or candidate.size == 0:
-        raise ValueError(f"candidate must be one vector (1-D, not empty), got shape "
+        raise UsageError(f"candidate must be one vector (1-D, not empty), got shape "
                          f"{candidate.shape}")
     if known.ndim == 1 and known.size == 0:  # an empty list: no known vectors
         known = known.reshape(0, candidate.shape[0])
     if known.ndim not in (1, 2):
-        raise ValueError(f"known must be one vector (1-D) or one per row (2-D), got shape "
+        raise UsageError(f"known must be one vector (1-D) or one per row (2-D), got shape "
                          f"{known.shape}")
     if known.shape[-1] != candidate.shape[0]:
-        raise ValueError(f"known vectors have {known.shape[-1]} values and the candidate "
+        raise UsageError(f"known vectors have {known.shape[-1]} values and the candidate "
                          f"{candidate.shape[0]}: shapes {known.shape} and {candidate.shape}")
     distances = np.linalg.norm(known - candidate, axis=-1)
     return float(distances) if known.ndim == 1 else distances
@@ -61,12 +63,12 @@ def compare(known, candidate, *, threshold: float) -> np.ndarray | bool:
     False
     """
     if threshold is None:
-        raise ValueError("threshold is None: calibrate the store (`facerank calibrate`) and "
+        raise UsageError("threshold is None: calibrate the store (`facerank calibrate`) and "
                          "pass store.threshold, or give a distance")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)):
         raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
     if not math.isfinite(threshold) or threshold < 0:
-        raise ValueError(f"threshold must be a finite distance of 0 or more, got {threshold}")
+        raise UsageError(f"threshold must be a finite distance of 0 or more, got {threshold}")
     return distance(known, candidate) <= threshold
 
 

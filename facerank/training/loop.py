@@ -317,7 +317,10 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
     ranks together is batch k of one process. Only rank 0 scores the held-out split and writes
     the store (the same files as local training); ``device`` is where the network runs.
 
-    >>> result = train("gallery/", "faces/", preset("freeze", cached_features=True))
+    >>> config = facerank.preset("scratch", epochs=1, image_size=32)
+    >>> result = facerank.train("GALLERY/", "new-store/", config, weights="none", faces="none")
+    >>> len(result.history), result.curves_path.endswith("curves.png")
+    (1, True)
     """
     config = config or recipe(weights)
     if workers > 1:

@@ -140,7 +140,9 @@ def preset(name: str, **overrides) -> TrainConfig:
     ArcFace, 0 for softmax); a margin loss on a softmax preset also drops label smoothing, as
     the margin heads are meant to train.
 
-    >>> preset("sgd", loss="cosface").margin
+    >>> facerank.preset("sgd", epochs=10).epochs
+    10
+    >>> facerank.preset("sgd", loss="cosface").margin   # MARGIN
     0.2
     """
     if name not in PRESETS:
@@ -167,7 +169,13 @@ def recipe(weights: str = "imagenet", name: str = "auto", **overrides) -> TrainC
     """The recipe a run from ``weights`` gets: preset ``name`` (``"auto"``: ``default_preset``)
     with ``overrides``. From a base, the input size and crop are the base's unless overridden.
 
-    >>> recipe("base/", epochs=20)   # finetune at the base's input size
+    >>> facerank.recipe("none").preset       # random initialisation
+    'scratch'
+    >>> facerank.recipe("imagenet", epochs=20).epochs
+    20
+
+    From a base folder (``facerank pretrain``), ``recipe("base/")`` is ``finetune`` at the
+    base's input size.
     """
     from facerank.model.base import base_folder, read_base_config
 
@@ -198,7 +206,7 @@ def pretrain_recipe(**overrides) -> TrainConfig:
     override of ``None`` keeps ``PRETRAIN``'s value; the margin is the loss's
     ``PRETRAIN_MARGINS`` unless given.
 
-    >>> pretrain_recipe(loss="arcface").margin
+    >>> facerank.pretrain_recipe(loss="arcface").margin   # PRETRAIN_MARGINS["arcface"]
     0.3
     """
     overrides = {key: value for key, value in overrides.items() if value is not None}
