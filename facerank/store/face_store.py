@@ -482,7 +482,7 @@ class FaceStore:
             raise TypeError(f"person must be a name (str) or one name per path, got "
                             f"{type(person).__name__}")
         if len(people) != len(paths):
-            raise ValueError(f"{len(people)} people for {len(paths)} paths")
+            raise UsageError(f"{len(people)} people for {len(paths)} paths")
         for name in set(people):
             _check_person_name(name)
         with self._writer(show_progress, commit_every) as writer:
@@ -598,10 +598,10 @@ class FaceStore:
         >>> store.reindex(memory="4G", target_recall=0.95)
         """
         if factory is not None and "HNSW" in factory:
-            raise ValueError(f"{factory!r}: HNSW indexes cannot remove vectors, and a store "
+            raise UsageError(f"{factory!r}: HNSW indexes cannot remove vectors, and a store "
                              "removes them; choose Flat, IVF...,Flat or IVF...,PQ...")
         if factory is not None and memory is not None:
-            raise ValueError("give factory or memory, not both: memory chooses the factory")
+            raise UsageError("give factory or memory, not both: memory chooses the factory")
         with self._writer(False, COMMIT_EVERY, engine) as writer:
             count = writer.snapshot.count
             budget = self._memory_budget(writer, memory, count)
@@ -647,7 +647,7 @@ class FaceStore:
         try:
             choose_index(count, writer.snapshot.dim, memory_budget_bytes=budget)
         except ValueError as error:
-            raise ValueError(f"memory {memory!r} is too small for this index: {error}") from None
+            raise UsageError(f"memory {memory!r} is too small for this index: {error}") from None
         with self.database.writing() as sql:
             Database.set_meta(sql, index_memory_budget=budget)
             Database.bump_version(sql)
@@ -706,7 +706,7 @@ def _is_unknown(threshold: float | None, match: Match | None) -> bool | None:
 
 def _predictions(snapshot: Snapshot, probabilities: np.ndarray, top_k: int) -> list[Prediction]:
     if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
+        raise UsageError(f"top_k must be at least 1, got {top_k}")
     order = np.argsort(-probabilities, kind="stable")[:top_k]
     people = snapshot.model.config.people
     return [Prediction(rank=rank, person=people[i], probability=float(probabilities[i]))
