@@ -28,7 +28,9 @@ The answers are the library's own: ``PhotoAnswer.to_json()`` for ``/identify`` (
 ``facerank identify --json`` prints for the photo), ``Match``, ``Prediction``, ``Face`` and
 ``Verification`` as their ``to_json`` give them, and a ``ChangeReport`` for a change. The
 pydantic models below only describe those shapes in the OpenAPI document (tests/test_openapi.py
-checks every answer against them); the JSON sent is ``to_json``'s, untouched.
+checks every answer against them); the JSON sent is ``to_json``'s, untouched, with
+``folders=False``: a stored file is named by its file name (and its ``id``), never by the server's
+folders, which are none of a client's business.
 """
 
 from __future__ import annotations
@@ -77,8 +79,9 @@ class _Shape(BaseModel):
 
 
 class MatchJSON(_Shape):
-    """A gallery image near the query (``Match.to_json``): ``rank`` 0 is the closest. ``id``
-    names its thumbnail: ``GET /api/stores/{name}/thumbnails/{id}``."""
+    """A gallery image near the query (``Match.to_json``): ``rank`` 0 is the closest. ``path``
+    is the file's name (the server's folders stay its own); ``id`` names its thumbnail:
+    ``GET /api/stores/{name}/thumbnails/{id}``."""
     rank: int
     person: str
     distance: float
@@ -459,7 +462,7 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
             store = entry.store
             faces = store.identify(image, k=k, top_k=top_k, every=not largest)
             return PhotoAnswer(photo=_name(photo), faces=faces,
-                               threshold=store.threshold).to_json()
+                               threshold=store.threshold).to_json(folders=False)
 
         return answer(await compute(identified))
 
@@ -482,7 +485,8 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
         names its thumbnail: `GET /api/stores/{name}/thumbnails/{id}`."""
         image = await read_photo(photo)
         matches = await compute(entry.store.closest, image, k=k)
-        return answer({"photo": _name(photo), "matches": [match.to_json() for match in matches],
+        return answer({"photo": _name(photo),
+                       "matches": [match.to_json(folders=False) for match in matches],
                        "error": None})
 
     @app.post("/api/stores/{name}/faces", dependencies=reading, response_model=FacesJSON,
@@ -552,7 +556,7 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
             # (the store deletes its uploads with their last record) between save and add.
             paths = _save_uploads(entry.store.folder / UPLOAD_FOLDER, person, images)
             report = entry.store.add(paths, person=person)
-            return {**report.to_json(), "images": len(entry.store)}
+            return {**report.to_json(folders=False), "images": len(entry.store)}
 
         # Writers of one store queue here, holding no thread while they wait.
         async with entry.write_lock:
@@ -634,7 +638,7 @@ def _thumbnail(entry: _Served, record_id: int) -> Response:
 def _remove(store: FaceStore, **which) -> dict:
     """The change report, and the images left."""
     report = store.remove(**which)
-    return {**report.to_json(), "images": len(store)}
+    return {**report.to_json(folders=False), "images": len(store)}
 
 
 def _summary(store: FaceStore) -> dict:

@@ -519,7 +519,8 @@ def test_queued_writers_hold_no_worker_and_take_turns(store_copy, monkeypatch):
 
 def test_rest_cli_and_library_give_one_photo_the_same_json(client, tmp_path):
     """The REST API, `facerank identify --json` and the library answer a photo with the same
-    PhotoAnswer.to_json(); only `photo` differs (the upload's name, the path given)."""
+    PhotoAnswer.to_json(); only `photo` differs (the upload's name, the path given), and REST
+    names stored files by their file name, not the server's folders."""
     from typer.testing import CliRunner
 
     from facerank.cli.app import app as cli
@@ -544,4 +545,8 @@ def test_rest_cli_and_library_give_one_photo_the_same_json(client, tmp_path):
     [line] = [json.loads(text) for text in result.stdout.splitlines() if text.strip()]
     for answer in (library, each, line):
         assert answer["photo"] == str(path)
+        for face in answer["faces"]:
+            for match in face["matches"]:
+                assert Path(match["path"]).is_absolute()
+                match["path"] = Path(match["path"]).name
         assert {**answer, "photo": "group.png"} == rest

@@ -35,8 +35,10 @@ class Match:
     path: str
     id: int
 
-    def to_json(self) -> dict:
-        return asdict(self)
+    def to_json(self, *, folders: bool = True) -> dict:
+        """``folders=False``: the file's name only, as the REST API gives it (a server's folders
+        are none of its clients' business)."""
+        return {**asdict(self), "path": _shown(self.path, folders)}
 
 
 @dataclass(frozen=True)
@@ -80,10 +82,11 @@ class FaceAnswer:
     def box(self) -> tuple[int, int, int, int] | None:
         return self.face.box if self.face else None
 
-    def to_json(self) -> dict:
+    def to_json(self, *, folders: bool = True) -> dict:
         return {"face": self.face.to_json() if self.face else None,
                 "people": [p.to_json() for p in self.people],
-                "matches": [m.to_json() for m in self.matches], "unknown": self.unknown}
+                "matches": [m.to_json(folders=folders) for m in self.matches],
+                "unknown": self.unknown}
 
 
 @dataclass(frozen=True)
@@ -104,8 +107,9 @@ class PhotoAnswer:
     def ok(self) -> bool:
         return self.error is None
 
-    def to_json(self) -> dict:
-        return {"photo": self.photo, "faces": [face.to_json() for face in self.faces],
+    def to_json(self, *, folders: bool = True) -> dict:
+        return {"photo": self.photo,
+                "faces": [face.to_json(folders=folders) for face in self.faces],
                 "threshold": self.threshold, "error": self.error}
 
 
@@ -126,8 +130,11 @@ class ChangeReport:
     no_face: list[str] = field(default_factory=list)
     several_faces: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict:
-        return asdict(self)
+    def to_json(self, *, folders: bool = True) -> dict:
+        return {**asdict(self),
+                "skipped": [(_shown(path, folders), why) for path, why in self.skipped],
+                "no_face": [_shown(path, folders) for path in self.no_face],
+                "several_faces": [_shown(path, folders) for path in self.several_faces]}
 
     def deduplicate(self) -> "ChangeReport":
         # A re-embed and the sync after it may meet the same faceless file twice in one write.
@@ -135,6 +142,10 @@ class ChangeReport:
         self.no_face = list(dict.fromkeys(self.no_face))
         self.several_faces = list(dict.fromkeys(self.several_faces))
         return self
+
+
+def _shown(path: str, folders: bool) -> str:
+    return path if folders else Path(path).name
 
 
 def file_sha256(path: str | Path) -> str:
