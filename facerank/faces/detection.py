@@ -30,7 +30,7 @@ from typing import Callable, Protocol
 import numpy as np
 from PIL import Image
 
-from facerank.errors import MissingExtraError, UsageError
+from facerank.errors import MissingExtraError, StoreError, StoreMismatchError, UsageError
 
 NO_FACE_POLICIES = ("whole", "skip")
 #: The landmark order of every backend (dlib's 5-point model): two corners of the eye on the
@@ -313,12 +313,13 @@ class DlibCnnDetector(_DlibBackend):
         try:
             data = path.read_bytes()
         except OSError as error:
-            raise FileNotFoundError(f"{path}: the face detector's file cannot be read "
-                                    f"({error.strerror or error}); put it back or train "
-                                    "again with another --face-model") from None
+            raise StoreError(f"{path}: the face detector's file cannot be read "
+                             f"({error.strerror or error}); put it back or train again with "
+                             "another --face-model") from None
         if step.model_fingerprint and hashlib.sha256(data).hexdigest() != step.model_fingerprint:
-            raise UsageError(f"{path} is not the face detector file this model was trained "
-                             "with (its sha256 differs); restore that file or train again")
+            raise StoreMismatchError(f"{path} is not the face detector file this model was "
+                                     "trained with (its sha256 differs); restore that file or "
+                                     "train again")
         try:
             self._detector = self._dlib.cnn_face_detection_model_v1(str(path))
         except RuntimeError as error:

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from facerank.model.base import base_folder, read_base
-from facerank.errors import StoreError, StoreMismatchError, UsageError, WeightsUnavailableError
+from facerank.errors import (MissingExtraError, StoreError, StoreMismatchError, UsageError,
+                             WeightsUnavailableError)
 
 
 def _torchvision_models():
@@ -24,7 +25,8 @@ def _torchvision_models():
     try:
         import torchvision.models
     except (ImportError, RuntimeError) as error:
-        raise ImportError(
+        # An installation problem the user fixes with pip: one line and exit 1 at the CLI.
+        raise MissingExtraError(
             f"torchvision cannot be imported ({error}). This usually means torch and torchvision "
             "come from different builds (for example a CPU-only torch with PyPI's torchvision). "
             "Install a matching pair into a fresh virtual environment: "
