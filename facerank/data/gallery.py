@@ -58,9 +58,9 @@ class Split:
 def scan_gallery(folder: str | Path) -> Gallery:
     """List the images of a one-folder-per-person gallery.
 
-    >>> gallery = scan_gallery("examples/gallery")
-    >>> gallery.people[:2], len(gallery)
-    (['s1', 's10'], 100)
+    >>> gallery = facerank.scan_gallery("GALLERY/")      # GALLERY/s1/1.pgm, ... GALLERY/s5/10.pgm
+    >>> gallery.people, len(gallery)
+    (['s1', 's2', 's3', 's4', 's5'], 50)
 
     Symbolic links are followed once (loops are detected and reported); hidden files and folders
     are skipped; images directly in ``folder`` (not in a person's folder) are reported.
@@ -122,6 +122,10 @@ def split_gallery(gallery: Gallery, *, test_fraction: float = 0.3, seed: int = 0
 
     Every person with at least two images has at least one image on each side; people with a
     single image go to training only and are listed in ``Split.train_only``.
+
+    >>> split = facerank.split_gallery(facerank.scan_gallery("GALLERY/"), test_fraction=0.3)
+    >>> len(split.train), len(split.test), split.train_only     # 5 people, 10 photos each
+    (35, 15, ())
     """
     if not 0.0 <= test_fraction < 1.0:
         raise UsageError(f"test_fraction must be in [0, 1), got {test_fraction}")

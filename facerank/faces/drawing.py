@@ -15,7 +15,11 @@ def draw_faces(image: Image.Image, faces: Sequence[Face],
                labels: Sequence[str] | None = None) -> Image.Image:
     """A copy of ``image`` with each face's box, its 5 landmarks and an optional label.
 
-    >>> draw_faces(load_image("group.jpg"), finder.find(image), ["ada", "alan"]).save("out.png")
+    >>> photo = facerank.load_image("group.jpg")
+    >>> faces = store.find_faces(photo)                  # boxes and landmarks, largest first
+    >>> drawn = facerank.draw_faces(photo, faces, ["ada", "alan"])
+    >>> drawn.save("drawn.png"); drawn.size == photo.size
+    True
     """
     out = image.convert("RGB").copy()
     pen = ImageDraw.Draw(out)

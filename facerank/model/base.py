@@ -98,7 +98,16 @@ def read_base_config(folder: str | Path) -> BaseConfig:
 
 
 def read_base(folder: str | Path) -> tuple[dict, BaseConfig]:
-    """(backbone state dict, config) of a base, its weights checked against the fingerprint."""
+    """(backbone state dict, config) of a base, its weights checked against the fingerprint.
+
+    >>> weights, config = facerank.read_base("base/")     # written by `facerank pretrain`
+    >>> config.image_size, config.faces.detector           # the preprocessing it expects
+    (64, 'dlib-hog')
+    >>> "layer4.2.conv3.weight" in weights, any(name.startswith("fc.") for name in weights)
+    (True, False)
+
+    A damaged weights file raises ``StoreMismatchError``; a folder that is no base, ``StoreError``.
+    """
     from safetensors.torch import load as load_safetensors
 
     folder = Path(folder)

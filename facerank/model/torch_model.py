@@ -27,8 +27,11 @@ from facerank.model.network import build_network, features_and_logits, load_back
 class FaceModel:
     """A network and its config: preprocess, embed and classify images.
 
-    >>> model = FaceModel.load("faces/")
-    >>> vectors, probabilities = model.embed_and_classify([image_a, image_b])
+    >>> model = facerank.FaceModel.load("faces/")
+    >>> images = [facerank.load_image("a.jpg"), facerank.load_image("b.jpg")]
+    >>> vectors, probabilities = model.embed_and_classify(images)
+    >>> vectors.shape, probabilities.shape       # 2048-d face prints; a column per person
+    ((2, 2048), (2, 5))
     """
 
     runtime = "torch"

@@ -172,9 +172,13 @@ class FaceIndex:
     and searched exactly until ``plan.train_size`` of them have arrived; then the index trains on
     them and moves them over. A gallery too small to train an IVF simply stays exact.
 
-    >>> index = FaceIndex(dim=2048, plan=choose_index(1_000_000, 2048))
-    >>> index.add(np.array([7, 8]), vectors)
-    >>> distances, ids = index.search(query, k=5)
+    >>> index = facerank.FaceIndex(dim=4)                  # exact (Flat) by default
+    >>> index.add(np.array([7, 8]), np.eye(4, dtype="float32")[:2])
+    >>> distances, ids = index.search(np.eye(4, dtype="float32")[:1], k=2)
+    >>> ids.tolist(), float(distances[0, 0])              # each query's nearest first
+    ([[7, 8]], 0.0)
+
+    For a million 2048-d face prints: ``FaceIndex(dim=2048, plan=choose_index(1_000_000, 2048))``.
     """
 
     def __init__(self, dim: int, *, factory: str = DEFAULT_FACTORY, plan: IndexPlan | None = None):
