@@ -25,7 +25,11 @@ _cache_lock = threading.Lock()
 
 
 def default_store_path() -> Path:
-    """``$FACERANK_STORE``, else ``./facerank-store``."""
+    """``$FACERANK_STORE``, else ``./facerank-store``: where the module-level functions look.
+
+    >>> facerank.default_store_path()          # $FACERANK_STORE names the examples' store
+    PosixPath('.../faces')
+    """
     return Path(os.environ.get("FACERANK_STORE") or DEFAULT_STORE)
 
 

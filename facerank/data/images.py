@@ -113,8 +113,10 @@ def load_item(source: ImageInput, position: int | None) -> Image.Image:
 def load_image(source: ImageInput) -> Image.Image:
     """Read one image as 8-bit RGB.
 
-    >>> load_image("examples/gallery/s1/1.pgm").mode   # a greyscale ORL photo
-    'RGB'
+    >>> facerank.load_image("GALLERY/s1/1.pgm")              # a greyscale ORL photo
+    <PIL.Image.Image image mode=RGB size=92x112 at ...>
+    >>> facerank.load_image(np.zeros((112, 92, 3), np.uint8)).size   # arrays, bytes, PIL too
+    (92, 112)
 
     Raises ``ImageError`` (naming the file) for anything that is not a readable image, and
     ``TypeError`` for inputs of an unsupported type.

@@ -48,11 +48,11 @@ LOCK_WAIT = 10.0
 class FaceStore:
     """A model and its gallery index, opened once to answer many queries.
 
-    >>> store = FaceStore.open("faces/")
+    >>> store = facerank.FaceStore.open("faces/")     # or facerank.open("faces/"), cached
     >>> store.closest("photo.jpg", k=3)[0]
-    Match(rank=0, person='ada', distance=0.41, path='gallery/ada/2.jpg', id=17)
+    Match(rank=0, person='s1', distance=..., path='.../GALLERY/s1/1.pgm', id=...)
     >>> store.classify("photo.jpg", top_k=2)
-    [Prediction(rank=0, person='ada', probability=0.93), Prediction(rank=1, ...)]
+    [Prediction(rank=0, person=..., probability=...), Prediction(rank=1, ...)]
     """
 
     def __init__(self, folder: Path, database: Database, snapshot: Snapshot, *,
@@ -78,6 +78,13 @@ class FaceStore:
         ``"torch"`` — which engine runs the network; see ``facerank.model.runtime``. ``lock_wait``:
         seconds a write waits for another writer (None: as long as it takes). A store of an
         older format is migrated on first open.
+
+        >>> store = facerank.FaceStore.open("faces/")
+        >>> store.people, len(store)            # who the classifier knows; images indexed
+        (['s1', 's2', 's3', 's4', 's5'], 50)
+        >>> facerank.FaceStore.open("nowhere/")
+        Traceback (most recent call last):
+        facerank.errors.StoreError: no store at nowhere: run `facerank train GALLERY --store ...
         """
         folder = Path(folder)
         if not (folder / CONFIG_FILE).exists():
@@ -98,7 +105,12 @@ class FaceStore:
 
     def snapshot(self) -> Snapshot:
         """The store's current state, as one query should read it (refreshed if another
-        process or thread committed since)."""
+        process or thread committed since). Internal plumbing: queries call it themselves.
+
+        >>> snapshot = store.snapshot()       # model, index and records as of one commit
+        >>> snapshot.count, snapshot.dim
+        (50, 2048)
+        """
         snapshot = self._snapshot
         with self.database.reading() as sql:
             version = Database.version(sql)
@@ -155,7 +167,12 @@ class FaceStore:
         return self.snapshot().count
 
     def record(self, record_id: int) -> Record | None:
-        """The record of an indexed image, or None."""
+        """The record of an indexed image, or None.
+
+        >>> match = store.closest("photo.jpg", k=1)[0]
+        >>> store.record(match.id).path == match.path, store.record(10**9)
+        (True, None)
+        """
         with self.database.reading() as sql:
             found = Database.records_by_id(sql, [record_id]).get(int(record_id))
         return None if found is None else self._resolved(found)
@@ -166,6 +183,12 @@ class FaceStore:
         return _threshold(self.snapshot())
 
     def info(self) -> dict:
+        """What the store holds and how it answers (``facerank index info`` prints it).
+
+        >>> info = store.info()
+        >>> info["images"], info["embedding_dim"], info["images_per_person"]["s1"]
+        (50, 2048, 10)
+        """
         snapshot = self.snapshot()
         with self.database.reading() as sql:
             counts = Database.people_counts(sql)
@@ -343,8 +366,11 @@ class FaceStore:
         is read. Every answer comes from one snapshot of the store, as if the batch were one
         query.
 
-        >>> for answer in store.identify_each(Path("holiday").glob("*.jpg"), every=False):
-        ...     print(answer.photo, answer.error or answer.faces[0].people[0].person)
+        >>> answers = list(store.identify_each(["photo.jpg", "missing.jpg", "group.jpg"]))
+        >>> [len(answer.faces) for answer in answers]        # the missing photo did not stop it
+        [1, 0, 2]
+        >>> answers[1].error
+        'missing.jpg: no such file'
         """
         for name, value in (("k", k), ("top_k", top_k), ("batch_size", batch_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -392,7 +418,12 @@ class FaceStore:
         return answers
 
     def find_faces(self, image: ImageInput) -> list[Face]:
-        """Every face the store's face step finds in ``image``, largest first (no network)."""
+        """Every face the store's face step finds in ``image``, largest first (no network).
+
+        >>> faces = store.find_faces("group.jpg")             # two people side by side
+        >>> len(faces), len(faces[0].landmarks)               # 5 landmarks each
+        (2, 5)
+        """
         return self.faces.find(load_image(image))
 
     def verify(self, image_a: ImageInput, image_b: ImageInput) -> Verification:
@@ -411,12 +442,22 @@ class FaceStore:
                             same=None if threshold is None else distance <= threshold)
 
     def search_vectors(self, vectors: np.ndarray, *, k: int = 5) -> list[list[Match]]:
-        """``closest`` for embeddings already computed (by ``embed``)."""
+        """``closest`` for embeddings already computed (by ``embed``).
+
+        >>> vectors = store.embed(["a.jpg", "b.jpg"])
+        >>> [len(matches) for matches in store.search_vectors(vectors, k=3)]
+        [3, 3]
+        """
         snapshot = self._queryable()
         return self._search(snapshot, np.atleast_2d(vectors), k)
 
     def is_unknown(self, match: Match | None) -> bool | None:
-        """Whether a nearest match is too far to name anyone (None: no threshold calibrated)."""
+        """Whether a nearest match is too far to name anyone (None: no threshold calibrated).
+
+        >>> match = store.closest("GALLERY/s1/1.pgm", k=1)[0]   # a gallery image finds itself
+        >>> print(store.threshold, store.is_unknown(match))     # not calibrated yet
+        None None
+        """
         return _is_unknown(self.threshold, match)
 
     def _search(self, snapshot: Snapshot, vectors: np.ndarray, k: int) -> list[list[Match]]:
@@ -546,7 +587,11 @@ class FaceStore:
         ``engine`` runs the embedding and index building elsewhere: ``facerank.scale.RayEngine``
         on a Ray cluster, where ``gallery`` may also be any path Ray can read (``s3://...``).
 
-        >>> store.sync_folder("photos/", engine=RayEngine(workers=4))
+        >>> report = store.sync_folder("GALLERY/")      # indexed already: nothing to embed
+        >>> report.added, report.updated, report.removed, report.unchanged
+        (0, 0, 0, 50)
+
+        On a Ray cluster: ``store.sync_folder("s3://bucket/photos/", engine=RayEngine(workers=8))``.
         """
         engine = engine or LocalEngine()
         scanned = engine.scan(gallery)
@@ -571,7 +616,13 @@ class FaceStore:
             return writer.report.deduplicate()
 
     def set_calibration(self, calibration: dict) -> None:
-        """Store a verification threshold (see ``facerank.quality.calibrate``) for the current model."""
+        """Store a verification threshold (see ``facerank.quality.calibrate``) for the current model.
+
+        >>> result = facerank.calibrate(store, save=False)      # calibrate(store) also stores it
+        >>> store.set_calibration(result.to_json())
+        >>> store.threshold == result.threshold
+        True
+        """
         with self._writer(False, COMMIT_EVERY) as writer:
             with self.database.writing() as sql:
                 Database.set_meta(sql, calibration={
@@ -580,7 +631,12 @@ class FaceStore:
 
     def compact(self) -> None:
         """Fold the changes since the last index file into a new one (done automatically once
-        they grow; see ``facerank.store.snapshot``)."""
+        they grow; see ``facerank.store.snapshot``).
+
+        >>> store.compact()
+        >>> store.info()["pending_changes"]
+        0
+        """
         with self._writer(False, COMMIT_EVERY) as writer:
             writer.compact()
 
@@ -594,8 +650,10 @@ class FaceStore:
         until the new one is switched in. ``engine``: where the index is built
         (``facerank.scale.RayEngine``: trained here, filled in shards on a Ray cluster).
 
-        >>> store.reindex(factory="IVF1024,Flat")
-        >>> store.reindex(memory="4G", target_recall=0.95)
+        >>> store.reindex(factory="IVF1024,Flat")   # searched exactly until it can train
+        'IVF1024,Flat'
+        >>> store.reindex(memory="4G")               # what choose_index picks for 50 images
+        'Flat'
         """
         if factory is not None and "HNSW" in factory:
             raise UsageError(f"{factory!r}: HNSW indexes cannot remove vectors, and a store "
@@ -620,8 +678,9 @@ class FaceStore:
         (``5``, ``"5ms"``). Kept in the store and applied whenever the index loads, until the
         index changes kind. An exact index has nothing to tune (recall 1.0).
 
-        >>> store.tune_index(target_latency_ms="2ms").parameters
-        {'nprobe': 16}
+        >>> tuning = store.tune_index(target_recall=0.95)
+        >>> tuning.factory, tuning.parameters, tuning.recall    # exact: nothing to tune
+        ('Flat', {}, 1.0)
         """
         with self._writer(False, COMMIT_EVERY) as writer:
             return self._tune(writer, target_recall, target_latency_ms, k=k)
@@ -657,7 +716,8 @@ class FaceStore:
         """Write every searchable record with its vector to a Parquet file (see
         ``facerank.store.export``), for another vector store to load; returns the rows.
 
-        >>> store.export_parquet("faces.parquet")
+        >>> store.export_parquet("exported/faces.parquet")       # rows written
+        50
         """
         from facerank.store.export import export_parquet
 
