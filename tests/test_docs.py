@@ -4,6 +4,10 @@ in a folder holding the files they name (photo.jpg, group.jpg, faces/, GALLERY/,
 
 A README block that cannot run here (it needs a Ray cluster on S3, say) is preceded by the line
 ``<!-- not run: WHY -->``; a docstring example never is.
+
+The examples run in order (the README's blocks, then each name as listed) on one copy of the
+store, as a reader would type them one after another: an example that writes (add, remove,
+reindex, ...) leaves the store answering as the later ones expect, or writes a new folder.
 """
 
 from __future__ import annotations
@@ -104,6 +108,7 @@ def public_objects() -> list[tuple[str, object]]:
     return names + methods
 
 
+@pytest.mark.filterwarnings("ignore:training from random initialisation")  # train's example
 @pytest.mark.parametrize("name, value", public_objects(), ids=[n for n, _ in public_objects()])
 def test_every_public_name_has_an_example_that_runs(name, value, in_docs_folder):
     function = getattr(value, "__func__", value)
