@@ -157,7 +157,7 @@ def demo_gallery() -> Path:
     >>> scan_gallery(demo_gallery()).people[:2]
     ['s1', 's10']
     """
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # facerank/, above this module's data/
     for folder in (package / "demo_gallery", package.parent / "examples" / "gallery"):
         if folder.is_dir():
             return folder
