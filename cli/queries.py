@@ -73,13 +73,11 @@ def identify(
                    err=True)
     paths = expand_photos(photos)
     opened = facerank.open(store_path(store))
-    step = opened.model.config.faces
     rows = _csv_writer(csv_file) if csv_file is not None else None
     failed = faceless = 0
     try:
         for answer in opened.identify_each(paths, k=k, top_k=top_k, every=not largest):
-            no_face = answer.ok and (not answer.faces
-                                     or (step.enabled and answer.faces[0].face is None))
+            no_face = answer.no_face
             failed += not answer.ok
             faceless += no_face
             if rows is not None:
@@ -118,12 +116,11 @@ def closest(
     if len(opened) == 0:
         raise StoreError(f"the index of {opened.folder} is empty: run `facerank index build "
                          f"GALLERY --store {opened.folder}`")
-    step = opened.model.config.faces
     failed = faceless = 0
     # The largest face's answer is what `FaceStore.closest` gives; identify_each adds the batch
     # behaviour (unreadable photos reported, not fatal) for one classifier head's extra cost.
     for answer in opened.identify_each(paths, k=k, top_k=1, every=False):
-        no_face = answer.ok and (not answer.faces or (step.enabled and answer.faces[0].face is None))
+        no_face = answer.no_face
         failed += not answer.ok
         faceless += no_face
         matches = answer.faces[0].matches if answer.faces else []

@@ -92,7 +92,7 @@ def demo(
     Example:  facerank demo
     """
     from facerank.quality.evaluate import evaluate as run_evaluation
-    from facerank.store import FaceStore
+    from facerank.store import FaceStore, PhotoAnswer
     from facerank.training.loop import train as run_training
     from facerank.training.recipes import preset as make_preset
 
@@ -119,15 +119,15 @@ def demo(
     photo, truth = next((item for item in split.test if opened.find_faces(item[0])),
                         split.test[0])
     say(f"3/4 asking about {photo}, a photo of {truth} that training never saw:")
-    matches, predictions = opened.query(photo, k=3, top_k=5)
+    [answer] = opened.identify(photo, k=3, top_k=5, every=False)
+    predictions = answer.people
     evaluation = run_evaluation(opened)
     if as_json:
-        emit_json({"photo": photo, "truth": truth, "people": [vars(p) for p in predictions],
-                    "closest": [vars(m) for m in matches], "train": trained.to_json(),
-                    "evaluation": evaluation.to_json()})
+        emit_json({**PhotoAnswer(photo=photo, faces=[answer], threshold=opened.threshold).to_json(),
+                   "truth": truth, "train": trained.to_json(), "evaluation": evaluation.to_json()})
         return
-    print_people(photo, [vars(p) for p in predictions])
-    print_closest(photo, [vars(m) for m in matches])
+    print_people(photo, [p.to_json() for p in predictions])
+    print_closest(photo, [m.to_json() for m in answer.matches])
     verdict = "right" if predictions[0].person == truth else "wrong"
     say(f"the answer is {verdict}: {predictions[0].person} (truth: {truth})")
     say(f"4/4 held-out accuracy over {evaluation.images} unseen photos: classifier "

@@ -26,7 +26,8 @@ store.add(paths, person=people)  # index the training images only: the test phot
 # The first held-out photo with a face the store's face step finds (any, without a face step).
 photo, truth = next((item for item in split["test"] if store.find_faces(item[0])),
                     split["test"][0])
-matches, people = store.query(photo, k=3, top_k=3)
+[answer] = store.identify(photo, k=3, top_k=3, every=False)  # the largest face's answer
+matches, people = answer.matches, answer.people
 print(f"{photo} (truly {truth}):")
 for p in people:
     print(f"  {p.person:>6} {p.probability:6.1%}")

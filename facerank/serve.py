@@ -35,6 +35,8 @@ folders, which are none of a client's business.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import asyncio
 import hashlib
 import hmac
@@ -54,7 +56,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from facerank import __version__, atomic
 from facerank.errors import FacerankError, ImageError, NoFaceError, StoreError, UsageError
 from facerank.data.images import load_image
-from facerank.store import FaceStore, PhotoAnswer
+from facerank.store import FaceStore
 from facerank.store.layout import UPLOAD_FOLDER
 
 DEFAULT_MAX_UPLOAD = 10 * 1024 * 1024
@@ -118,6 +120,7 @@ class PhotoAnswerJSON(_Shape):
     photo: str
     faces: list[FaceAnswerJSON]
     threshold: float | None
+    no_face: bool
     error: str | None
 
 
@@ -459,10 +462,8 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
         image = await read_photo(photo)
 
         def identified():
-            store = entry.store
-            faces = store.identify(image, k=k, top_k=top_k, every=not largest)
-            return PhotoAnswer(photo=_name(photo), faces=faces,
-                               threshold=store.threshold).to_json(folders=False)
+            [answered] = entry.store.identify_each([image], k=k, top_k=top_k, every=not largest)
+            return replace(answered, photo=_name(photo)).to_json(folders=False)
 
         return answer(await compute(identified))
 

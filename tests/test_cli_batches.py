@@ -67,7 +67,7 @@ def test_a_batch_answers_every_good_photo_and_names_each_bad_one(indexed, photos
     nearest = good["faces"][0]["matches"][0]
     assert nearest["person"] == "s2" and nearest["distance"] < 1e-3
     assert nearest["path"].endswith("s2/4.pgm") and len(good["faces"][0]["matches"]) == 3
-    assert set(good) == {"photo", "faces", "threshold", "error"}
+    assert set(good) == {"photo", "faces", "threshold", "no_face", "error"}
     assert missing["faces"] == [] and missing["error"] == f"{photos['missing']}: no such file"
     assert notes["error"].startswith(f"{photos['notes']}: not an image")
     assert truncated["error"].startswith(f"{photos['truncated']}: damaged or truncated")
@@ -86,6 +86,7 @@ def test_exit_code_5_for_a_photo_without_a_face_unless_some_failed(indexed, phot
     good, blank = lines(result)
     assert good["error"] is None and blank["error"] is None
     assert blank["faces"][0]["face"] is None  # the 'whole' policy: the whole image answered
+    assert blank["no_face"] and not good["no_face"]
     result = invoke("identify", photos["blank"], photos["missing"], "--store", indexed, "--json")
     assert result.exit_code == 6
 

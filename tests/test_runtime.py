@@ -41,8 +41,10 @@ def test_a_store_built_by_torch_answers_the_same_through_onnx(store_copy, galler
     by_torch = FaceStore.open(store.folder, runtime="torch")
     by_onnx = FaceStore.open(store.folder, runtime="onnxruntime")
     for photo in photos:
-        torch_matches, torch_people = by_torch.query(photo, k=5)
-        onnx_matches, onnx_people = by_onnx.query(photo, k=5)
+        [by_torch_answer] = by_torch.identify(photo, k=5, every=False)
+        [by_onnx_answer] = by_onnx.identify(photo, k=5, every=False)
+        torch_matches, torch_people = by_torch_answer.matches, by_torch_answer.people
+        onnx_matches, onnx_people = by_onnx_answer.matches, by_onnx_answer.people
         assert [m.id for m in torch_matches] == [m.id for m in onnx_matches]
         assert onnx_matches[0].path == str(photo.resolve()) or onnx_matches[0].distance < 1e-3
         assert [p.person for p in torch_people] == [p.person for p in onnx_people]
@@ -54,8 +56,10 @@ def test_queries_through_onnx_never_import_torch(store_copy, gallery):
     script = (
         "import json, sys\n"
         "import facerank\n"
-        f"matches, people = facerank.open({str(store.folder)!r}).query({str(photo)!r}, k=1)\n"
-        "print(json.dumps([matches[0].person, people[0].person, 'torch' in sys.modules]))\n")
+        f"[face] = facerank.open({str(store.folder)!r}).identify({str(photo)!r}, k=1, "
+        "every=False)\n"
+        "print(json.dumps([face.matches[0].person, face.people[0].person, "
+        "'torch' in sys.modules]))\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           check=True)
     nearest, _, imported_torch = json.loads(done.stdout)

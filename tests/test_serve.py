@@ -110,7 +110,7 @@ def test_identify_classify_closest_thumbnail_and_verify(client):
     name, photo = client.store_name, client.gallery / "s3" / "2.pgm"
     answer = client.post(f"/api/stores/{name}/identify?k=2&top_k=3",
                          files={"photo": _photo(photo)}).json()
-    assert set(answer) == {"photo", "faces", "threshold", "error"}
+    assert set(answer) == {"photo", "faces", "threshold", "no_face", "error"}
     assert answer["photo"] == "photo.pgm" and answer["error"] is None
     assert answer["threshold"] is None  # not calibrated yet
     [face] = answer["faces"]
@@ -305,7 +305,7 @@ def test_a_photo_without_a_face_under_the_whole_image_policy(client):
     name = client.store_name
     answer = client.post(f"/api/stores/{name}/identify", files={"photo": _png(NO_FACE)}).json()
     [whole] = answer["faces"]
-    assert whole["face"] is None and whole["people"] and whole["matches"]
+    assert whole["face"] is None and whole["people"] and whole["matches"] and answer["no_face"]
     classified = client.post(f"/api/stores/{name}/classify", files={"photo": _png(NO_FACE)})
     assert classified.status_code == 200 and classified.json()["people"] == whole["people"]
     detected = client.post(f"/api/stores/{name}/faces", files={"photo": _png(NO_FACE)}).json()
@@ -316,6 +316,7 @@ def test_a_photo_without_a_face_under_the_skip_policy(skipping_client, gallery):
     client, name = skipping_client, skipping_client.store_name
     answer = client.post(f"/api/stores/{name}/identify", files={"photo": _png(NO_FACE)})
     assert answer.status_code == 200 and answer.json()["faces"] == []
+    assert answer.json()["no_face"] is True
     for endpoint in ("classify", "closest"):
         refused = client.post(f"/api/stores/{name}/{endpoint}", files={"photo": _png(NO_FACE)})
         assert refused.status_code == 422, refused.text

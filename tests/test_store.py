@@ -53,9 +53,9 @@ def test_every_input_kind_gives_the_same_answer(store_copy):
 def test_save_then_load_gives_identical_answers(store_copy):
     store, gallery = store_copy
     photos = [str(p) for p in sorted((gallery / "s3").glob("*.pgm"))[:4]]
-    before = store.query(photos, k=4, top_k=3)
+    before = store.identify(photos, k=4, top_k=3)
     reopened = FaceStore.open(store.folder)
-    assert reopened.query(photos, k=4, top_k=3) == before
+    assert reopened.identify(photos, k=4, top_k=3) == before
     assert np.array_equal(reopened.embed(photos), store.embed(photos))
 
 

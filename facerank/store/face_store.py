@@ -284,29 +284,6 @@ class FaceStore:
         single, answers = _in_batches(images, batch_size, show_progress, "classifying", answer)
         return _one_or_all(single, answers)
 
-    def query(self, images: ImageInputs, *, k: int = 5, top_k: int = 5, batch_size: int = 32,
-              show_progress: bool = False):
-        """``(closest, classify)`` from one forward pass per image.
-
-        >>> matches, people = store.query(["a.jpg", "b.jpg"], k=5, top_k=3)
-        >>> len(matches[0]), len(people[1])
-        (5, 3)
-        """
-        _check_count("k", k)
-        _check_count("top_k", top_k)
-        snapshot = self._queryable()
-
-        def answer(batch):
-            vectors, probabilities = snapshot.model.embed_and_classify(
-                _largest_faces(snapshot, batch), batch_size=batch_size)
-            return list(zip(self._search(snapshot, vectors, k),
-                            [_predictions(snapshot, row, top_k) for row in probabilities]))
-
-        single, answers = _in_batches(images, batch_size, show_progress, "searching", answer)
-        if single:
-            return answers[0][0]
-        return [m for part in answers for m, _ in part], [p for part in answers for _, p in part]
-
     def identify(self, images: ImageInputs, *, k: int = 5, top_k: int = 5, every: bool = True,
                  batch_size: int = 32, show_progress: bool = False
                  ) -> list[FaceAnswer] | list[list[FaceAnswer]]:
@@ -331,25 +308,7 @@ class FaceStore:
 
         def answer(batch):
             per_photo = [snapshot.faces.inputs(image, every=every) for _, image in batch]
-            flat = [item for inputs in per_photo for item in inputs]
-            if not flat:
-                return [[] for _ in per_photo]
-            vectors, probabilities = snapshot.model.embed_and_classify(
-                [item.image for item in flat], batch_size=batch_size)
-            matches = self._search(snapshot, vectors, k)
-            answers, position = [], 0
-            for inputs in per_photo:
-                photo = []
-                for item in inputs:
-                    nearest = matches[position]
-                    photo.append(FaceAnswer(
-                        face=item.face,
-                        people=_predictions(snapshot, probabilities[position], top_k),
-                        matches=nearest,
-                        unknown=_is_unknown(threshold, nearest[0] if nearest else None)))
-                    position += 1
-                answers.append(photo)
-            return answers
+            return self._face_answers(snapshot, per_photo, k, top_k, threshold, batch_size)
 
         single, answers = _in_batches(images, batch_size, show_progress, "identifying", answer)
         return _one_or_all(single, answers)
@@ -395,26 +354,41 @@ class FaceStore:
                 per_photo.append(snapshot.faces.inputs(load_image(photo), every=every))
             except ImageError as error:  # this photo's fault only: the others are answered
                 per_photo.append(error)
-        flat = [item for inputs in per_photo if not isinstance(inputs, ImageError)
-                for item in inputs]
-        if flat:
-            vectors, probabilities = snapshot.model.embed_and_classify(
-                [item.image for item in flat])
-            matches = self._search(snapshot, vectors, k)
-        answers, position = [], 0
+        readable = [inputs for inputs in per_photo if not isinstance(inputs, ImageError)]
+        answered = iter(self._face_answers(snapshot, readable, k, top_k, threshold))
+        step_on = snapshot.faces.step.enabled
+        answers = []
         for photo, inputs in zip(photos, per_photo):
             if isinstance(inputs, ImageError):
                 answers.append(PhotoAnswer(photo=describe(photo), faces=[], threshold=threshold,
                                            error=str(inputs)))
                 continue
-            faces = []
+            faces = next(answered)
+            no_face = step_on and (not faces or faces[0].face is None)
+            answers.append(PhotoAnswer(photo=describe(photo), faces=faces, threshold=threshold,
+                                       no_face=no_face))
+        return answers
+
+    def _face_answers(self, snapshot: Snapshot, per_photo: list[list], k: int, top_k: int,
+                      threshold: float | None, batch_size: int = 32) -> list[list[FaceAnswer]]:
+        """The answers for each photo's face inputs: one forward pass and one search for all."""
+        flat = [item for inputs in per_photo for item in inputs]
+        if not flat:
+            return [[] for _ in per_photo]
+        vectors, probabilities = snapshot.model.embed_and_classify(
+            [item.image for item in flat], batch_size=batch_size)
+        matches = self._search(snapshot, vectors, k)
+        answers, position = [], 0
+        for inputs in per_photo:
+            photo = []
             for item in inputs:
                 nearest = matches[position]
-                faces.append(FaceAnswer(
+                photo.append(FaceAnswer(
                     face=item.face, people=_predictions(snapshot, probabilities[position], top_k),
-                    matches=nearest, unknown=_is_unknown(threshold, nearest[0] if nearest else None)))
+                    matches=nearest,
+                    unknown=_is_unknown(threshold, nearest[0] if nearest else None)))
                 position += 1
-            answers.append(PhotoAnswer(photo=describe(photo), faces=faces, threshold=threshold))
+            answers.append(photo)
         return answers
 
     def find_faces(self, image: ImageInput) -> list[Face]:

@@ -102,6 +102,10 @@ class PhotoAnswer:
     faces: list[FaceAnswer]
     threshold: float | None = None
     error: str | None = None    # why this photo got no answer (unreadable, not an image, ...)
+    # The store's face step found no face in it: ``faces`` is empty (its policy skips such
+    # photos) or holds one answer for the whole image (``face`` None). Never true for a store
+    # without a face step, whose answers are always for the whole image.
+    no_face: bool = False
 
     @property
     def ok(self) -> bool:
@@ -110,7 +114,7 @@ class PhotoAnswer:
     def to_json(self, *, folders: bool = True) -> dict:
         return {"photo": self.photo,
                 "faces": [face.to_json(folders=folders) for face in self.faces],
-                "threshold": self.threshold, "error": self.error}
+                "threshold": self.threshold, "no_face": self.no_face, "error": self.error}
 
 
 @dataclass
