@@ -63,9 +63,12 @@ def identify(
     from facerank.errors import UsageError
 
     if ctx.info_name == "query":
-        typer.echo("note: `facerank query` is now `facerank identify` (every face by default); "
-                   "the old name goes in the next version", err=True)
-    if all_faces:
+        # The old command answered the largest face unless --all-faces: so does its alias.
+        largest = not all_faces
+        typer.echo("note: `facerank query` is now `facerank identify` (every face by default, "
+                   "--largest for the largest; --json prints one line per photo, closest images "
+                   "under `matches`); the old name goes in the next version", err=True)
+    elif all_faces:
         if largest:
             raise UsageError("--all-faces and --largest contradict each other; every face is "
                              "the default now, so drop --all-faces")
@@ -110,6 +113,7 @@ def closest(
     import facerank
     from facerank.data.photos import expand_photos
     from facerank.errors import StoreError
+    from facerank.store import PhotoMatches
 
     paths = expand_photos(photos)
     opened = facerank.open(store_path(store))
@@ -125,8 +129,8 @@ def closest(
         faceless += no_face
         matches = answer.faces[0].matches if answer.faces else []
         if as_json:
-            _json_line({"photo": answer.photo, "matches": [m.to_json() for m in matches],
-                        "error": answer.error})
+            _json_line(PhotoMatches(photo=answer.photo, matches=matches, no_face=no_face,
+                                    error=answer.error).to_json())
             continue
         if not answer.ok:
             typer.echo(f"error: {answer.error}", err=True)
@@ -156,6 +160,7 @@ def classify(
     import facerank
     from facerank.data.photos import expand_photos
     from facerank.errors import ImageError, NoFaceError, UsageError
+    from facerank.store import PhotoPeople
 
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
@@ -172,8 +177,8 @@ def classify(
             failed += 1
             error = str(problem)
         if as_json:
-            _json_line({"photo": str(path), "people": [p.to_json() for p in people],
-                        "error": error})
+            _json_line(PhotoPeople(photo=str(path), people=people, no_face=not people and not error,
+                                   error=error).to_json())
         elif error:
             typer.echo(f"error: {error}", err=True)
         elif not people:
@@ -205,6 +210,7 @@ def faces(
     from facerank.errors import ImageError, StoreError
     from facerank.faces.detection import FaceFinder, face_step
     from facerank.model.config import read_config
+    from facerank.store import PhotoFaces
 
     paths = expand_photos(photos)
     step = read_config(store).faces if store is not None else face_step("dlib-hog")
@@ -221,8 +227,7 @@ def faces(
         except ImageError as problem:
             failed += 1
             if as_json:
-                _json_line({"photo": str(path), "width": None, "height": None, "faces": [],
-                            "error": str(problem)})
+                _json_line(PhotoFaces(photo=str(path), faces=[], error=str(problem)).to_json())
             else:
                 typer.echo(f"error: {problem}", err=True)
             continue
@@ -233,8 +238,8 @@ def faces(
             draw_faces(image, found).save(draw)
             drawn = True
         if as_json:
-            _json_line({"photo": str(path), "width": image.width, "height": image.height,
-                        "faces": [face.to_json() for face in found], "error": None})
+            _json_line(PhotoFaces(photo=str(path), faces=found, width=image.width,
+                                  height=image.height).to_json())
             continue
         typer.echo(f"{path}: {len(found)} face(s)")
         for number, face in enumerate(found):

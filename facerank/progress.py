@@ -35,9 +35,9 @@ class Progress:
     def add(self, description: str, total: int):
         return self._bar.add_task(description, total=total) if self._bar else None
 
-    def advance(self, task) -> None:
+    def advance(self, task, steps: int = 1) -> None:
         if self._bar is not None:
-            self._bar.advance(task)
+            self._bar.advance(task, steps)
 
     def describe(self, task, description: str) -> None:
         if self._bar is not None:

@@ -56,7 +56,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from facerank import __version__, atomic
 from facerank.errors import FacerankError, ImageError, NoFaceError, StoreError, UsageError
 from facerank.data.images import load_image
-from facerank.store import FaceStore
+from facerank.store import FaceStore, PhotoFaces, PhotoMatches, PhotoPeople
+from facerank.store.face_store import check_person_name
 from facerank.store.layout import UPLOAD_FOLDER
 
 DEFAULT_MAX_UPLOAD = 10 * 1024 * 1024
@@ -131,6 +132,7 @@ class ClassifyJSON(_Shape):
     """The classifier's most probable people for the largest face."""
     photo: str
     people: list[PredictionJSON]
+    no_face: bool
     error: None
 
 
@@ -138,6 +140,7 @@ class ClosestJSON(_Shape):
     """The gallery images nearest the largest face, closest first."""
     photo: str
     matches: list[MatchJSON]
+    no_face: bool
     error: None
 
 
@@ -475,8 +478,7 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
         needed), for the largest face."""
         image = await read_photo(photo)
         people = await compute(entry.store.classify, image, top_k=top_k)
-        return answer({"photo": _name(photo), "people": [person.to_json() for person in people],
-                       "error": None})
+        return answer(PhotoPeople(photo=_name(photo), people=people).to_json())
 
     @app.post("/api/stores/{name}/closest", dependencies=reading, response_model=ClosestJSON,
               responses={**_STORE, **_PHOTO, **_NO_FACE, **_NOT_READY, **read_errors})
@@ -486,9 +488,7 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
         names its thumbnail: `GET /api/stores/{name}/thumbnails/{id}`."""
         image = await read_photo(photo)
         matches = await compute(entry.store.closest, image, k=k)
-        return answer({"photo": _name(photo),
-                       "matches": [match.to_json(folders=False) for match in matches],
-                       "error": None})
+        return answer(PhotoMatches(photo=_name(photo), matches=matches).to_json(folders=False))
 
     @app.post("/api/stores/{name}/faces", dependencies=reading, response_model=FacesJSON,
               responses={**_STORE, **_PHOTO, **read_errors})
@@ -501,8 +501,8 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
         """
         image = await read_photo(photo)
         found = await compute(entry.store.find_faces, image)
-        return answer({"photo": _name(photo), "width": image.width, "height": image.height,
-                       "faces": [face.to_json() for face in found], "error": None})
+        return answer(PhotoFaces(photo=_name(photo), faces=found, width=image.width,
+                                 height=image.height).to_json())
 
     @app.post("/api/stores/{name}/verify", dependencies=reading, response_model=VerificationJSON,
               responses={**_STORE, **_PHOTO, **_NO_FACE, **read_errors})
@@ -547,9 +547,7 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
         --json` prints them. A person's name may not be blank, contain `/` or `\\`, or start
         with `.` (422).
         """
-        if not person.strip() or "/" in person or "\\" in person or person.startswith("."):
-            raise HTTPException(422, f"invalid person name {person!r}: it may not be blank, "
-                                     "contain / or \\, or start with .")
+        check_person_name(person)  # the library's rule; its UsageError answers 422
         images = [await read_photo(upload, f"photos[{i}]") for i, upload in enumerate(photos)]
 
         def add():

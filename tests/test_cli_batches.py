@@ -154,7 +154,7 @@ def test_closest_classify_and_faces_take_batches_the_same_way(tmp_path, indexed,
     assert result.exit_code == 6, result.output
     good, notes = lines(result)
     assert [m["rank"] for m in good["matches"]] == [0, 1] and good["matches"][0]["distance"] < 1e-3
-    assert notes == {"photo": str(photos["notes"]), "matches": [],
+    assert notes == {"photo": str(photos["notes"]), "matches": [], "no_face": False,
                      "error": f"{photos['notes']}: not an image, or a format Pillow cannot read"}
 
     result = invoke("classify", gallery / "s5", photos["missing"], "--store", indexed,
@@ -175,6 +175,13 @@ def test_the_old_query_name_and_all_faces_still_answer_but_are_not_advertised(in
     assert result.exit_code == 0, result.output
     assert lines(result)[0]["faces"][0]["matches"][0]["person"] == "s2"
     assert "`facerank query` is now `facerank identify`" in result.stderr
+    # As before, the old name without --all-faces answers the largest face only.
+    from test_faces import group_photo
+
+    group = photos["good"].parent / "group.png"
+    group_photo(group, ["s1", "s2", "s3"])
+    assert len(lines(invoke("identify", group, "--store", indexed, "--json"))[0]["faces"]) == 3
+    assert len(lines(invoke("query", group, "--store", indexed, "--json"))[0]["faces"]) == 1
     listed = invoke("--help").stdout
     assert "identify" in listed and "query" not in listed.replace("identify", "")
     assert "--all-faces" not in invoke("identify", "--help").stdout
@@ -220,7 +227,8 @@ def test_under_the_skip_policy_a_faceless_photo_exits_5_in_classify_and_verify(t
     result = invoke("classify", photos["good"], photos["blank"], "--store", folder, "--json")
     assert result.exit_code == 5, result.output
     good, blank = lines(result)
-    assert good["people"] and blank == {"photo": str(photos["blank"]), "people": [], "error": None}
+    assert good["people"] and not good["no_face"]
+    assert blank == {"photo": str(photos["blank"]), "people": [], "no_face": True, "error": None}
     result = invoke("verify", photos["good"], photos["blank"], "--store", folder)
     assert result.exit_code == 5 and f"{photos['blank']}: no face found" in result.stderr
 

@@ -120,9 +120,10 @@ def test_identify_classify_closest_thumbnail_and_verify(client):
     assert face["matches"][0]["distance"] < 1e-3
     classified = client.post(f"/api/stores/{name}/classify?top_k=3",
                              files={"photo": _photo(photo)}).json()
-    assert classified == {"photo": "photo.pgm", "people": people, "error": None}
+    assert classified == {"photo": "photo.pgm", "people": people, "no_face": False,
+                          "error": None}
     closest = client.post(f"/api/stores/{name}/closest?k=4", files={"photo": _photo(photo)}).json()
-    assert set(closest) == {"photo", "matches", "error"}
+    assert set(closest) == {"photo", "matches", "no_face", "error"}
     matches = closest["matches"]
     assert len(matches) == 4 and matches[:2] == face["matches"]
     assert Path(matches[0]["path"]).name == "2.pgm" and matches[0]["person"] == "s3"
@@ -551,3 +552,19 @@ def test_rest_cli_and_library_give_one_photo_the_same_json(client, tmp_path):
                 assert Path(match["path"]).is_absolute()
                 match["path"] = Path(match["path"]).name
         assert {**answer, "photo": "group.png"} == rest
+
+    # The other questions too: each CLI line and REST answer is one dataclass's to_json.
+    photo = client.gallery / "s3" / "2.pgm"
+    for question, options in (("classify", ["--top-k", "2"]), ("closest", ["-k", "3"]),
+                              ("faces", [])):
+        query = {"classify": "?top_k=2", "closest": "?k=3", "faces": ""}[question]
+        rest = client.post(f"/api/stores/{name}/{question}{query}",
+                           files={"photo": _photo(photo)})
+        assert rest.status_code == 200, rest.text
+        result = CliRunner().invoke(cli, [question, str(photo), "--store", str(folder), *options,
+                                          "--json"])
+        assert result.exit_code == 0, result.output
+        [line] = [json.loads(text) for text in result.stdout.splitlines() if text.strip()]
+        for match in line.get("matches", []):
+            match["path"] = Path(match["path"]).name
+        assert {**line, "photo": "photo.pgm"} == rest.json(), question

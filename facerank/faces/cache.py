@@ -97,7 +97,10 @@ def read_file_input(finder: FaceFinder, path: str | Path) -> tuple[Image.Image |
         data = Path(path).read_bytes()
     except OSError as error:
         raise ImageError(str(path), error.strerror or str(error)) from None
-    image = load_image(data)
+    try:
+        image = load_image(data)
+    except ImageError as error:  # bytes have no name: give the file's
+        raise ImageError(str(path), error.reason) from None
     faces = finder.find(image, key=hashlib.sha256(data).hexdigest())
     inputs = finder.inputs(image, faces=faces)
     return (inputs[0].image if inputs else None), len(faces)

@@ -7,8 +7,10 @@ truth), ``layout`` (the folder's files) and ``results`` (the dataclasses it answ
 
 from facerank.store.face_store import LOCK_WAIT, FaceStore
 from facerank.store.ingest import COMMIT_EVERY
-from facerank.store.results import (ChangeReport, FaceAnswer, Match, PhotoAnswer, Prediction,
-                                    Record, Verification, file_sha256)
+from facerank.store.results import (ChangeReport, FaceAnswer, Match, PhotoAnswer, PhotoFaces,
+                                    PhotoMatches, PhotoPeople, Prediction, Record, Verification,
+                                    file_sha256)
 
 __all__ = ["FaceStore", "Record", "Match", "Prediction", "Verification", "FaceAnswer",
-           "PhotoAnswer", "ChangeReport", "file_sha256", "COMMIT_EVERY", "LOCK_WAIT"]
+           "PhotoAnswer", "PhotoPeople", "PhotoMatches", "PhotoFaces", "ChangeReport",
+           "file_sha256", "COMMIT_EVERY", "LOCK_WAIT"]

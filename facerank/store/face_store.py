@@ -314,7 +314,8 @@ class FaceStore:
         return _one_or_all(single, answers)
 
     def identify_each(self, photos: Iterable[ImageInput], *, k: int = 5, top_k: int = 5,
-                      every: bool = True, batch_size: int = 32) -> Iterator[PhotoAnswer]:
+                      every: bool = True, batch_size: int = 32, show_progress: bool = False
+                      ) -> Iterator[PhotoAnswer]:
         """``identify`` for a batch that must not stop at its first bad photo: one
         ``PhotoAnswer`` per photo, in order, as each ``batch_size`` of them is answered.
 
@@ -332,22 +333,29 @@ class FaceStore:
         'missing.jpg: no such file'
         """
         for name, value in (("k", k), ("top_k", top_k), ("batch_size", batch_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UsageError(f"{name} must be a whole number of at least 1, got {value!r}")
-        _, items = image_items(photos)  # one photo, or any iterable of them (as identify)
+            _check_count(name, value)
+        single, items = image_items(photos)  # one photo, or any iterable of them (as identify)
+        total = 1 if single else (len(photos) if hasattr(photos, "__len__") else None)
         snapshot = self._queryable(empty_ok=True)
         threshold = _threshold(snapshot)
         chunk: list[ImageInput] = []
-        for photo in items:
-            chunk.append(photo)
-            if len(chunk) == batch_size:
-                yield from self._answer_chunk(snapshot, chunk, k, top_k, every, threshold)
-                chunk = []
-        if chunk:
-            yield from self._answer_chunk(snapshot, chunk, k, top_k, every, threshold)
+        with Progress(show_progress) as progress:
+            task = progress.add("identifying", total)
+            for photo in items:
+                chunk.append(photo)
+                if len(chunk) == batch_size:
+                    yield from self._answer_chunk(snapshot, chunk, k, top_k, every, threshold,
+                                                  batch_size)
+                    progress.advance(task, len(chunk))
+                    chunk = []
+            if chunk:
+                yield from self._answer_chunk(snapshot, chunk, k, top_k, every, threshold,
+                                              batch_size)
+                progress.advance(task, len(chunk))
 
     def _answer_chunk(self, snapshot: Snapshot, photos: list[ImageInput], k: int, top_k: int,
-                      every: bool, threshold: float | None) -> list[PhotoAnswer]:
+                      every: bool, threshold: float | None, batch_size: int
+                      ) -> list[PhotoAnswer]:
         per_photo: list[list | ImageError] = []
         for photo in photos:
             try:
@@ -355,7 +363,7 @@ class FaceStore:
             except ImageError as error:  # this photo's fault only: the others are answered
                 per_photo.append(error)
         readable = [inputs for inputs in per_photo if not isinstance(inputs, ImageError)]
-        answered = iter(self._face_answers(snapshot, readable, k, top_k, threshold))
+        answered = iter(self._face_answers(snapshot, readable, k, top_k, threshold, batch_size))
         step_on = snapshot.faces.step.enabled
         answers = []
         for photo, inputs in zip(photos, per_photo):
@@ -499,7 +507,7 @@ class FaceStore:
         if len(people) != len(paths):
             raise UsageError(f"{len(people)} people for {len(paths)} paths")
         for name in set(people):
-            _check_person_name(name)
+            check_person_name(name)
         with self._writer(show_progress, commit_every) as writer:
             writer.reembed_if_stale()
             writer.fit_index(writer.snapshot.count + len(paths))
@@ -821,7 +829,12 @@ def _listed(values) -> list:
     return [values] if not _is_many(values) else list(values)
 
 
-def _check_person_name(name: str) -> None:
-    if not isinstance(name, str) or not name.strip():
-        raise UsageError(f"a person's name must be a non-empty string, got {name!r}")
+def check_person_name(name: str) -> None:
+    """Refuse (``UsageError``) a person's name that is blank, holds ``/`` or ``\\``, or starts
+    with ``.``: a name becomes a folder where the server saves a person's uploads, so nothing
+    that could climb out of one or hide in it."""
+    if (not isinstance(name, str) or not name.strip() or "/" in name or "\\" in name
+            or name.startswith(".")):
+        raise UsageError(f"invalid person name {name!r}: it may not be blank, contain / or \\, "
+                         "or start with .")
 

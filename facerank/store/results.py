@@ -117,6 +117,52 @@ class PhotoAnswer:
                 "threshold": self.threshold, "no_face": self.no_face, "error": self.error}
 
 
+@dataclass(frozen=True)
+class PhotoPeople:
+    """``classify`` for one photo of a batch: the largest face's people, or why there are none.
+    The line ``facerank classify --json`` prints and ``/classify`` answers."""
+
+    photo: str
+    people: list[Prediction]
+    no_face: bool = False
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        return {"photo": self.photo, "people": [p.to_json() for p in self.people],
+                "no_face": self.no_face, "error": self.error}
+
+
+@dataclass(frozen=True)
+class PhotoMatches:
+    """``closest`` for one photo of a batch: the largest face's nearest gallery images, or why
+    there are none. The line ``facerank closest --json`` prints and ``/closest`` answers."""
+
+    photo: str
+    matches: list[Match]
+    no_face: bool = False
+    error: str | None = None
+
+    def to_json(self, *, folders: bool = True) -> dict:
+        return {"photo": self.photo, "matches": [m.to_json(folders=folders) for m in self.matches],
+                "no_face": self.no_face, "error": self.error}
+
+
+@dataclass(frozen=True)
+class PhotoFaces:
+    """The faces found in one photo (no network), largest first, with the photo's size; or why
+    it could not be read. The line ``facerank faces --json`` prints and ``/faces`` answers."""
+
+    photo: str
+    faces: list[Face]
+    width: int | None = None
+    height: int | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        return {"photo": self.photo, "width": self.width, "height": self.height,
+                "faces": [face.to_json() for face in self.faces], "error": self.error}
+
+
 @dataclass
 class ChangeReport:
     """What a write did: counts, and the files that were skipped with the reason."""
