@@ -159,19 +159,23 @@ def plan(
 
 @handles_errors
 def add(
-    images: List[Path] = typer.Argument(..., help="Image files to add."),
+    images: List[Path] = typer.Argument(..., help="Image files, folders (every image in them, "
+                                        "recursively) or quoted globs ('new/ada_*.jpg')."),
     person: str = typer.Option(..., "--person", "-p", help="Who they show (new or existing)."),
     store: Optional[Path] = StoreOption,
     as_json: bool = JsonOption,
 ):
     """Add images of one person to the index, without rebuilding it.
 
-    Example:  facerank index add new/ada_1.jpg new/ada_2.jpg --person ada --store faces/
+    Examples:
+      facerank index add new/ada_1.jpg new/ada_2.jpg --person ada --store faces/
+      facerank index add new/ada/ --person ada --store faces/
     """
+    from facerank.data.photos import expand_photos
     from facerank.store import FaceStore
 
     opened = FaceStore.open(store_path(store))
-    report = opened.add(images, person=person, show_progress=not as_json)
+    report = opened.add(expand_photos(images), person=person, show_progress=not as_json)
     _print_change(report, opened, as_json)
 
 

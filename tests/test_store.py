@@ -303,3 +303,50 @@ def test_export_parquet_holds_every_searchable_record_and_its_vector(store_copy,
     # The exported vectors are the ones the store searches: each finds its own record first.
     found = store.search_vectors(vectors, k=1)
     assert [m[0].id for m in found] == table.column("id").to_pylist()
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "a\\b", ".hidden", "  "])
+def test_a_person_name_that_could_leave_or_hide_in_a_folder_is_refused(store_copy, name):
+    # The library's rule, so the CLI and the server refuse alike (the server saves uploads in a
+    # folder named after the person).
+    from typer.testing import CliRunner
+
+    from facerank.cli.app import app
+    from facerank.errors import UsageError
+
+    store, gallery = store_copy
+    photo = sorted((gallery / "s1").glob("*.pgm"))[0]
+    before = len(store)
+    with pytest.raises(UsageError, match="invalid person name"):
+        store.add(photo, person=name)
+    result = CliRunner().invoke(app, ["index", "add", str(photo), "--person", name, "--store",
+                                      str(store.folder)])
+    assert result.exit_code == 2 and "invalid person name" in result.stderr, result.output
+    assert len(FaceStore.open(store.folder)) == before
+
+
+def test_a_uri_gallery_without_an_engine_says_how_to_build_it(store_copy):
+    from facerank.errors import UsageError
+
+    store, _ = store_copy
+    with pytest.raises(UsageError, match="RayEngine"):
+        store.sync_folder("s3://bucket/photos/")
+
+
+def test_index_add_takes_a_folder_of_one_persons_photos(store_copy, tmp_path):
+    from typer.testing import CliRunner
+
+    from facerank.cli.app import app
+
+    store, gallery = store_copy
+    folder = tmp_path / "ada"
+    (folder / "more").mkdir(parents=True)
+    for number, photo in enumerate(sorted((gallery / "s1").glob("*.pgm"))[:3]):
+        Image.open(photo).convert("RGB").save((folder if number else folder / "more") /
+                                              f"ada{number}.png")
+    result = CliRunner().invoke(app, ["index", "add", str(folder), "--person", "ada", "--store",
+                                      str(store.folder), "--json"])
+    assert result.exit_code == 0, result.output
+    added = sorted(Path(r.path).name for r in FaceStore.open(store.folder).records
+                   if r.person == "ada")
+    assert added == ["ada0.png", "ada1.png", "ada2.png"]  # ada0 from the sub-folder

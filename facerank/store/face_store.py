@@ -25,6 +25,7 @@ from facerank.faces.cache import face_finder
 from facerank.faces.detection import Face
 from facerank.folder_lock import FolderLock
 from facerank.progress import Progress
+from facerank.data.sources import is_uri
 from facerank.data.images import (ImageInput, ImageInputs, describe, image_items, item_name,
                                   load_image, load_item)
 from facerank.search.index import DEFAULT_FACTORY, IndexPlan, choose_index
@@ -575,6 +576,10 @@ class FaceStore:
 
         On a Ray cluster: ``store.sync_folder("s3://bucket/photos/", engine=RayEngine(workers=8))``.
         """
+        if engine is None and is_uri(str(gallery)):
+            raise UsageError(f"{gallery} is a URI: a local build reads folders only; pass "
+                             "engine=facerank.scale.RayEngine(...) (`facerank index build URI "
+                             "--ray auto`), or copy the gallery to a folder")
         engine = engine or LocalEngine()
         scanned = engine.scan(gallery)
         root = layout.absolute(scanned.root).rstrip("/") + "/"
