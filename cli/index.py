@@ -8,7 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from facerank.cli.common import (JsonOption, StoreOption, emit_json, handles_errors, report_faces, report_skipped, store_path)
+from facerank.cli.common import (JsonOption, StoreOption, emit_json, handles_errors, report_faces,
+                                 report_skipped, store_path)
 from facerank.errors import UsageError
 
 

@@ -9,7 +9,8 @@ from typing import Optional
 
 import typer
 
-from facerank.cli.common import (JsonOption, StoreOption, emit_json, handles_errors, report_faces, report_skipped, store_path)
+from facerank.cli.common import (JsonOption, StoreOption, emit_json, handles_errors, report_faces,
+                                 report_skipped, store_path)
 
 
 @handles_errors
@@ -20,7 +21,7 @@ def calibrate(
 ):
     """Calibrate the same-person threshold on held-out images at a chosen false-accept rate.
 
-    Afterwards `verify` decides, and `query` answers "unknown" beyond the threshold.
+    Afterwards `verify` decides, and `identify` answers "unknown" beyond the threshold.
 
     Example:  facerank calibrate --store faces/ --far 0.01
     """

@@ -8,7 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from facerank.cli.common import (JsonOption, emit_json, handles_errors, print_closest, print_people, store_path)
+from facerank.cli.common import (JsonOption, emit_json, handles_errors, print_closest,
+                                 print_people, store_path)
 from facerank.errors import FacerankError
 
 
@@ -23,7 +24,7 @@ def serve(
                                         "required by endpoints that change a store."),
     read_token: Optional[str] = typer.Option(None, envvar="FACERANK_READ_TOKEN", help="Bearer "
                                              "token (or --token) also required to list stores, "
-                                             "see thumbnails and query; the page takes it as "
+                                             "see thumbnails and ask; the page takes it as "
                                              "http://HOST:PORT/#token=READ_TOKEN."),
     insecure_no_token: bool = typer.Option(False, "--insecure-no-token", help="Serve beyond "
                                            "loopback with no token: anyone who reaches the "

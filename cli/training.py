@@ -238,7 +238,7 @@ def precision(
     changed = config.precision != before
     if as_json:
         emit_json({"precision": config.precision, "changed": changed,
-                    "file": config.int8_file if config.precision == "int8" else config.onnx_file})
+                    "path": config.int8_file if config.precision == "int8" else config.onnx_file})
         return
     typer.echo(f"precision {config.precision}" + (f" (was {before})" if changed else ""))
     if changed:

@@ -20,31 +20,40 @@ __version__ = "0.1.0"
 # Public name → module that defines it. Loaded on first access (PEP 562) so that
 # `import facerank` neither imports torch nor loads a model.
 _EXPORTS = {
+    # The questions, over the default store or one opened once (facerank.api, the store)
     "open": "facerank.api", "closest": "facerank.api", "classify": "facerank.api",
-    "embed": "facerank.api", "identify": "facerank.api",
-    "distance": "facerank.vectors", "compare": "facerank.vectors",
+    "embed": "facerank.api", "identify": "facerank.api", "default_store_path": "facerank.api",
+    "FaceStore": "facerank.store",
+    # What they answer with (facerank.store.results)
     "FaceAnswer": "facerank.store", "PhotoAnswer": "facerank.store",
-    "PhotoPeople": "facerank.store", "PhotoMatches": "facerank.store", "PhotoFaces": "facerank.store", "Face": "facerank.faces.detection", "FaceStep": "facerank.faces.detection",
-    "draw_faces": "facerank.faces.drawing", "NoFaceError": "facerank.errors",
-    "default_store_path": "facerank.api",
-    "FaceStore": "facerank.store", "Match": "facerank.store", "Prediction": "facerank.store",
-    "ChangeReport": "facerank.store", "Record": "facerank.store",
-    "Verification": "facerank.store", "calibrate": "facerank.quality.calibrate",
-    "Calibration": "facerank.quality.calibrate", "diagnose": "facerank.quality.doctor",
+    "PhotoPeople": "facerank.store", "PhotoMatches": "facerank.store",
+    "PhotoFaces": "facerank.store", "Match": "facerank.store", "Prediction": "facerank.store",
+    "Verification": "facerank.store", "ChangeReport": "facerank.store", "Record": "facerank.store",
+    # Face prints compared without a store
+    "distance": "facerank.vectors", "compare": "facerank.vectors",
+    # Inputs and faces
+    "load_image": "facerank.data.images", "scan_gallery": "facerank.data.gallery",
+    "split_gallery": "facerank.data.gallery",
+    "Face": "facerank.faces.detection", "FaceStep": "facerank.faces.detection",
+    "draw_faces": "facerank.faces.drawing",
+    # The network, the index, training and quality
     "FaceModel": "facerank.model.torch_model", "ModelConfig": "facerank.model.config",
+    "BaseConfig": "facerank.model.base", "read_base": "facerank.model.base",
     "FaceIndex": "facerank.search.index",
     "TrainConfig": "facerank.training.recipes", "PRESETS": "facerank.training.recipes",
     "preset": "facerank.training.recipes", "recipe": "facerank.training.recipes",
+    "pretrain_recipe": "facerank.training.recipes",
     "train": "facerank.training.loop", "TrainResult": "facerank.training.loop",
-    "pretrain_recipe": "facerank.training.recipes", "PretrainResult": "facerank.training.pretrain",
-    "BaseConfig": "facerank.model.base", "read_base": "facerank.model.base",
+    "PretrainResult": "facerank.training.pretrain",
     "evaluate": "facerank.quality.evaluate", "Evaluation": "facerank.quality.evaluate",
-    "scan_gallery": "facerank.data.gallery", "split_gallery": "facerank.data.gallery",
-    "load_image": "facerank.data.images",
-    "FacerankError": "facerank.errors", "ImageError": "facerank.errors",
-    "GalleryError": "facerank.errors", "StoreError": "facerank.errors",
-    "StoreMismatchError": "facerank.errors", "StoreLockedError": "facerank.errors",
-    "WeightsUnavailableError": "facerank.errors",
+    "calibrate": "facerank.quality.calibrate", "Calibration": "facerank.quality.calibrate",
+    "diagnose": "facerank.quality.doctor",
+    # Errors
+    "FacerankError": "facerank.errors", "UsageError": "facerank.errors",
+    "MissingExtraError": "facerank.errors", "ImageError": "facerank.errors",
+    "NoFaceError": "facerank.errors", "GalleryError": "facerank.errors",
+    "StoreError": "facerank.errors", "StoreMismatchError": "facerank.errors",
+    "StoreLockedError": "facerank.errors", "WeightsUnavailableError": "facerank.errors",
 }
 
 # What ``from facerank import *`` brings: not ``open`` (it would hide the built-in), and nothing

@@ -1,6 +1,6 @@
 """The trained network exported to ONNX and run by ONNX Runtime: the same answers, no torch.
 
-Why: ``import torch`` alone takes 2-4 s, which dominated a one-shot ``facerank query``; ONNX
+Why: ``import torch`` alone takes 2-4 s, which dominated a one-shot ``facerank identify``; ONNX
 Runtime loads in a fraction of that and runs ResNet50 on the CPU as fast as eager PyTorch or
 faster. The export is the *same function* as ``FaceModel.embed_and_classify`` — normalisation,
 network, L2 normalisation and softmax are all inside the graph — and the tests check that both

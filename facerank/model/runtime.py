@@ -3,7 +3,7 @@
 Both compute the same function (see ``facerank.model.onnx_model``), so the choice changes speed, not
 answers. ``"auto"`` picks ONNX Runtime when the model was exported with it, ``onnxruntime`` is
 installed and the device is the CPU: it starts without importing torch (a one-shot
-``facerank query`` is then a second, not several) and runs ResNet50 faster on the CPU.
+``facerank identify`` is then a second, not several) and runs ResNet50 faster on the CPU.
 Set ``FACERANK_RUNTIME=torch`` (or pass ``runtime="torch"``) to force torch. A store switched to
 int8 (``facerank.model.precision``) runs on ONNX Runtime only: torch would give other vectors.
 """

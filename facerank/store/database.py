@@ -99,7 +99,7 @@ class Database:
             connection = sqlite3.connect(self.path, timeout=60.0, isolation_level=None,
                                          check_same_thread=False)
             connection.execute("PRAGMA journal_mode=WAL")
-            # FULL: a commit is on disk before it returns, so a committed enrolment survives a
+            # FULL: a commit is on disk before it returns, so a committed addition survives a
             # power cut too, not only a killed process.
             connection.execute("PRAGMA synchronous=FULL")
             self._local.connection = connection

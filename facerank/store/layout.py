@@ -5,7 +5,7 @@
       store.sqlite (+ -wal, -shm)                   records, vectors, changes: the source of truth
       index-g<generation>-w<change>.faiss           the FAISS index up to that change (derived)
       faces.sqlite                                  detections cached by file content
-      uploads/                                      photos enrolled through the server
+      uploads/                                      photos added through the server
       train/                                        history, curves, split, checkpoint
       .lock                                         held by whoever writes (facerank.folder_lock)
 

@@ -9,7 +9,7 @@ meanwhile can never show it half a change. A snapshot is
 - **removed**: ids deleted since, hidden from both.
 
 A writer makes the next snapshot from the previous one: new blocks are appended (the old blocks
-are shared, not copied), so one enrolment costs O(1) however large the store; compaction folds
+are shared, not copied), so one added photo costs O(1) however large the store; compaction folds
 the delta and the removals into a new base file once they grow (``needs_compaction``).
 """
 

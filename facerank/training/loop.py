@@ -495,7 +495,7 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
         network.to("cpu").eval()  # saved and scored on the CPU, where queries run
         model.device = torch.device("cpu")
         # Every writer of a store takes its lock; this one waits for as long as an index build
-        # or an enrolment takes rather than throw away a finished training run.
+        # or an addition takes rather than throw away a finished training run.
         with FolderLock(store, wait=None):
             model.save(store)
         test_accuracy = None
