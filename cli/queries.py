@@ -29,7 +29,7 @@ PhotosArgument = typer.Argument(
 JsonLinesOption = typer.Option(False, "--json", help="Print one JSON line per photo, for "
                                "scripts (the REST API's shape), instead of tables.")
 CSV_COLUMNS = ["photo", "face", "box", "person", "probability", "path", "distance", "unknown",
-               "error"]
+               "no_face", "error"]
 
 
 @handles_errors
@@ -45,7 +45,7 @@ def identify(
     as_json: bool = JsonLinesOption,
     csv_file: Optional[Path] = typer.Option(None, "--csv", metavar="FILE", help="Also write one "
                                             "row per face (photo, face, box, person, probability, "
-                                            "path, distance, unknown, error) to FILE."),
+                                            "path, distance, unknown, no_face, error) to FILE."),
 ):
     """Who is each face (top people with probabilities) and which gallery images are closest.
 
@@ -76,6 +76,9 @@ def identify(
                    err=True)
     paths = expand_photos(photos)
     opened = facerank.open(store_path(store))
+    if len(opened) == 0:
+        typer.echo(f"note: the index of {opened.folder} is empty, so no closest images: run "
+                   f"`facerank index build GALLERY --store {opened.folder}`", err=True)
     rows = _csv_writer(csv_file) if csv_file is not None else None
     failed = faceless = 0
     try:
@@ -92,7 +95,7 @@ def identify(
     finally:
         if rows is not None:
             rows[1].close()
-    _finish(failed, faceless, len(paths))
+    _finish(failed, faceless, len(paths), as_json=as_json)
 
 
 @handles_errors
@@ -139,7 +142,7 @@ def closest(
             _say_no_face(answer.photo, whole=bool(answer.faces))
         if matches:
             print_closest(answer.photo, [m.to_json() for m in matches])
-    _finish(failed, faceless, len(paths))
+    _finish(failed, faceless, len(paths), as_json=as_json)
 
 
 @handles_errors
@@ -185,7 +188,7 @@ def classify(
             _say_no_face(str(path), whole=False)
         else:
             print_people(str(path), [p.to_json() for p in people])
-    _finish(failed, faceless, len(paths))
+    _finish(failed, faceless, len(paths), as_json=as_json)
 
 
 @handles_errors
@@ -249,7 +252,7 @@ def faces(
                        f"{tuple(eyes['right_eye_inner'])}")
     if drawn and not as_json:
         typer.echo(f"drawn: {draw}")
-    _finish(failed, faceless, len(paths))
+    _finish(failed, faceless, len(paths), as_json=as_json)
 
 
 @handles_errors
@@ -316,9 +319,10 @@ def _print_answer(answer, no_face: bool) -> None:
             typer.echo("unknown: the index holds no gallery image to compare with")
 
 
-def _finish(failed: int, faceless: int, total: int) -> None:
+def _finish(failed: int, faceless: int, total: int, *, as_json: bool = False) -> None:
     if failed:
-        typer.echo(f"{failed} of {total} photo(s) could not be read (named above); every other "
+        where = "their lines' error" if as_json else "named above"
+        typer.echo(f"{failed} of {total} photo(s) could not be read ({where}); every other "
                    "one was answered", err=True)
         raise typer.Exit(BATCH_FAILED_EXIT)
     if faceless:
@@ -341,8 +345,8 @@ def _csv_writer(path: Path):
 def _write_rows(writer, answer, no_face: bool) -> None:
     """One row per face; a photo with no face or an error gets one row that says so."""
     if not answer.faces:
-        writer.writerow([answer.photo, "", "", "", "", "", "", "",
-                         answer.error or "no face found"])
+        writer.writerow([answer.photo, "", "", "", "", "", "", "", str(no_face).lower(),
+                         answer.error or ""])
         return
     for number, face in enumerate(answer.faces):
         top = face.people[0] if face.people else None
@@ -351,5 +355,4 @@ def _write_rows(writer, answer, no_face: bool) -> None:
             answer.photo, number, " ".join(map(str, face.box)) if face.box else "",
             top.person if top else "", f"{top.probability:.6f}" if top else "",
             nearest.path if nearest else "", f"{nearest.distance:.6f}" if nearest else "",
-            "" if face.unknown is None else str(face.unknown).lower(),
-            "no face found; answered for the whole image" if no_face else ""])
+            "" if face.unknown is None else str(face.unknown).lower(), str(no_face).lower(), ""])

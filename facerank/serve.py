@@ -325,7 +325,7 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
     The app runs on one event loop, as uvicorn runs it.
 
     >>> app = create_app(["faces/"], token="s3cret", read_token="visitor")
-    >>> uvicorn.run(app, host="127.0.0.1", port=8000)
+    >>> uvicorn.run(app, host="127.0.0.1", port=8000)            # doctest: +SKIP
     """
     if not stores:
         raise UsageError("serve needs at least one store")

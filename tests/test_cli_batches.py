@@ -135,11 +135,12 @@ def test_csv_has_a_row_per_face_and_one_per_failed_photo(tmp_path, indexed, phot
     with table.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["photo", "face", "box", "person", "probability", "path",
-                             "distance", "unknown", "error"]
+                             "distance", "unknown", "no_face", "error"]
     good = [row for row in rows if row["photo"] == str(photos["good"])]
     assert [row["face"] for row in good] == [str(n) for n in range(len(good))] and good
     assert good[0]["path"].endswith("s2/4.pgm") and float(good[0]["distance"]) < 1e-3
     assert 0.0 < float(good[0]["probability"]) <= 1.0 and good[0]["error"] == ""
+    assert good[0]["no_face"] == "false" and rows[-1]["no_face"] == "false"
     assert rows[-1]["photo"] == str(photos["missing"]) and "no such file" in rows[-1]["error"]
 
     result = invoke("identify", photos["good"], "--store", indexed, "--csv",

@@ -13,6 +13,7 @@ reindex, ...) leaves the store answering as the later ones expect, or writes a n
 from __future__ import annotations
 
 import doctest
+import importlib
 import inspect
 import re
 import shutil
@@ -95,6 +96,10 @@ def test_the_readme_python_blocks_run(in_docs_folder):
 # Classes whose use is calling them; the rest of the exported classes are answers (frozen
 # dataclasses such as Match) and errors, shown by the examples that return or raise them.
 CLASSES = ("FaceStore", "FaceIndex", "FaceModel")
+# Public functions outside the top-level exports that the README or the CLI's help points to.
+MORE = [("facerank.data.photos", "expand_photos"), ("facerank.quality.calibrate",
+        "calibrate_vectors"), ("facerank.quality.evaluate", "embed_and_classify"),
+        ("facerank.serve", "create_app")]
 
 
 def public_objects() -> list[tuple[str, object]]:
@@ -105,7 +110,13 @@ def public_objects() -> list[tuple[str, object]]:
     methods = [(f"FaceStore.{name}", member) for name, member in vars(FaceStore).items()
                if not name.startswith("_") and callable(getattr(member, "__func__", member))
                and not isinstance(member, property)]
-    return names + methods
+    more = []
+    for module, name in MORE:
+        try:
+            more.append((f"{module}.{name}", getattr(importlib.import_module(module), name)))
+        except ImportError:  # an optional extra (serve) not installed: nothing to show
+            continue
+    return names + methods + more
 
 
 @pytest.mark.filterwarnings("ignore:training from random initialisation")  # train's example
@@ -115,7 +126,10 @@ def test_every_public_name_has_an_example_that_runs(name, value, in_docs_folder)
     docstring = inspect.getdoc(function) or ""
     assert ">>>" in docstring, f"{name}: its docstring has no example"
     store = facerank.open(in_docs_folder / "faces")
-    globs = {"facerank": facerank, "store": store, "np": __import__("numpy")}
+    # The names of the function's own module (as doctest gives them), and the docs' usual three.
+    module = inspect.getmodule(function)
+    globs = {**vars(module), "facerank": facerank, "store": store,
+             "np": __import__("numpy"), "Path": Path}
     test = doctest.DocTestParser().get_doctest(docstring, globs, name, None, 0)
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     output: list[str] = []

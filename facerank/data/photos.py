@@ -30,8 +30,10 @@ def expand_photos(queries: Iterable[str | Path]) -> list[Path]:
 
     Raises ``ImageError`` naming the folder or pattern that holds no image.
 
-    >>> expand_photos(["gallery/s1"])[:2]
-    [PosixPath('gallery/s1/1.pgm'), PosixPath('gallery/s1/10.pgm')]
+    >>> expand_photos(["GALLERY/s1"])[:2]            # sorted as text: 10 before 2
+    [PosixPath('GALLERY/s1/1.pgm'), PosixPath('GALLERY/s1/10.pgm')]
+    >>> len(expand_photos(["GALLERY/s1/1.pgm", "GALLERY/*/2.pgm", "missing.jpg"]))
+    7
     """
     if isinstance(queries, (str, Path)):
         queries = [queries]

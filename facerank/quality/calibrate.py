@@ -92,7 +92,10 @@ def calibrate_vectors(vectors: np.ndarray, people, *, far: float = 0.01, source:
     """The threshold at false-accept rate ``far`` over every pair of ``vectors`` (one row per
     image, ``people[i]`` the person of row ``i``): what ``calibrate`` computes from a store.
 
-    >>> calibrate_vectors(store.embed(paths), [p.parent.name for p in paths]).threshold
+    >>> paths = sorted(Path("GALLERY").rglob("*.pgm"))
+    >>> result = calibrate_vectors(store.embed(paths), [p.parent.name for p in paths])
+    >>> 0 < result.threshold, result.same_pairs > 0
+    (True, True)
     """
     if not 0.0 < far < 1.0:
         raise UsageError(f"far must be between 0 and 1, got {far}")

@@ -166,7 +166,10 @@ def embed_and_classify(model, images: Sequence, *, batch_size: int = 32, flip: b
     augmentation, twice the work); face prints are then L2-normalised again where the model
     normalises them, so they stay comparable with the index's.
 
+    >>> faces = [item.image for item in store.faces.inputs(facerank.load_image("photo.jpg"))]
     >>> vectors, probabilities = embed_and_classify(store.model, faces, flip=True)
+    >>> vectors.shape, probabilities.shape == (1, len(store.model.config.people))
+    ((1, 2048), True)
     """
     vectors, probabilities = model.embed_and_classify(list(images), batch_size=batch_size)
     if flip:
