@@ -210,17 +210,13 @@ def faces(
     """
     from facerank.data.images import load_image
     from facerank.data.photos import expand_photos
-    from facerank.errors import ImageError, StoreError
-    from facerank.faces.detection import FaceFinder, face_step
+    from facerank.errors import ImageError
+    from facerank.faces.detection import detection_finder
     from facerank.model.config import read_config
     from facerank.store import PhotoFaces
 
     paths = expand_photos(photos)
-    step = read_config(store).faces if store is not None else face_step("dlib-hog")
-    if not step.enabled:
-        raise StoreError(f"the store {store} has no face step (it was trained with --faces none); "
-                         "run `facerank faces` without --store to use dlib's HOG detector")
-    finder = FaceFinder(step, size=112)
+    finder = detection_finder(read_config(store).faces if store is not None else None)
     failed = faceless = 0
     drawn = False
     for path in paths:

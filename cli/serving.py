@@ -10,7 +10,7 @@ import typer
 
 from facerank.cli.common import (JsonOption, emit_json, handles_errors, print_closest,
                                  print_people, store_path)
-from facerank.errors import FacerankError
+from facerank.errors import FacerankError, MissingExtraError
 
 
 @handles_errors
@@ -55,8 +55,8 @@ def serve(
 
         from facerank.serve import create_app
     except ImportError as error:
-        raise FacerankError(f"serving needs the 'serve' extra ({error.name} is missing): "
-                            "pip install -e \".[serve]\"") from None
+        raise MissingExtraError(f"serving needs the serve extra ({error.name} is missing): "
+                                'pip install "facerank[serve]"') from None
     folders = stores or [store_path(None)]
     application = create_app(folders, token=token, read_token=read_token,
                              max_upload_bytes=int(max_upload_mb * 1024 * 1024),

@@ -188,10 +188,10 @@ def pretrain(
                        f"train top-1 {row['train_accuracy']:.1%}{score} "
                        f"[{row['seconds']:.0f}s]")
 
+    given = {} if min_photos is None else {"min_photos": min_photos}  # else the library's default
     result = run_pretraining(corpus, out, config, weights=weights,
-                             min_photos=PRETRAIN_MIN_PHOTOS if min_photos is None else min_photos,
                              faces=face_step(faces, model_file=face_model), resume=resume,
-                             show_progress=not as_json, on_epoch=report)
+                             show_progress=not as_json, on_epoch=report, **given)
     if as_json:
         emit_json({"out": str(out), **result.to_json()})
         return

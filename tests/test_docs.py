@@ -99,7 +99,7 @@ CLASSES = ("FaceStore", "FaceIndex", "FaceModel")
 # Public functions outside the top-level exports that the README or the CLI's help points to.
 MORE = [("facerank.data.photos", "expand_photos"), ("facerank.quality.calibrate",
         "calibrate_vectors"), ("facerank.quality.evaluate", "embed_and_classify"),
-        ("facerank.serve", "create_app")]
+        ("facerank.serve", "create_app"), ("facerank.faces.detection", "detection_finder")]
 
 
 def public_objects() -> list[tuple[str, object]]:

@@ -486,3 +486,19 @@ class FaceFinder:
         chosen = faces if every else faces[:1]
         return [FaceInput(self.align(image, face), face) for face in chosen]
 
+
+def detection_finder(step: FaceStep | None = None) -> FaceFinder:
+    """A finder for detection alone (boxes and landmarks; nothing aligned for a network): with a
+    store's ``step``, or dlib's HOG detector when none is given. A step that finds no faces (a
+    store trained with ``--faces none``) is refused with what to do instead.
+
+    >>> [face.box for face in detection_finder().find(facerank.load_image("group.jpg"))]
+    [(..., ..., ..., ...), (..., ..., ..., ...)]
+    """
+    step = step or face_step("dlib-hog")
+    if not step.enabled:
+        raise UsageError("this store has no face step (it was trained with --faces none); "
+                         "find faces without it (dlib's HOG detector: no store)")
+    # The size is that of aligned crops, which detection alone never makes.
+    return FaceFinder(step, size=112)
+
