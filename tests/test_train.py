@@ -309,3 +309,19 @@ def test_a_bug_in_the_library_is_not_passed_off_as_a_usage_error(tmp_path, micro
     # Not swallowed: the exception itself comes out, traceback and all.
     assert result.exception is bug and not isinstance(bug, FacerankError)
 
+
+
+def test_one_epoch_of_a_tiny_gallery_trains_and_leaves_the_store_whole_on_disk(tmp_path):
+    # 5 people x 4 photos, batch 8: two steps in all, too few for a one-cycle warm-up (torch
+    # divides by zero): such a run trains at a constant rate instead of failing.
+    gallery = copy_gallery(tmp_path / "gallery", per_person=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        result = train(gallery, tmp_path / "store", preset("scratch", **{**TINY, "epochs": 1,
+                                                                       "image_size": 32}),
+                       weights="none")
+    assert len(result.history) == 1
+    # The detections are in the cache file itself, not in a write-ahead log that a copy of the
+    # folder taken now could miss (worker threads' connections are closed, not left to GC).
+    cache = tmp_path / "store" / "faces.sqlite"
+    assert cache.is_file() and not cache.with_name("faces.sqlite-wal").exists()

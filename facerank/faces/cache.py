@@ -34,20 +34,39 @@ class DetectionCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._local = threading.local()  # sqlite3 connections belong to one thread
+        self._opened: list[sqlite3.Connection] = []
+        self._opened_lock = threading.Lock()
         self.hits = self.misses = 0
         self.usable = True  # False once the file proved unwritable: detect, do not cache
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            connection = sqlite3.connect(self.path, timeout=30.0)
+            # Used by its own thread only; closable from another one (see close).
+            connection = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")  # a lost entry is only re-detected
             connection.execute("CREATE TABLE IF NOT EXISTS detections (sha256 TEXT NOT NULL, "
                                "detector TEXT NOT NULL, faces TEXT NOT NULL, "
                                "PRIMARY KEY (sha256, detector)) WITHOUT ROWID")
             self._local.connection = connection
+            with self._opened_lock:
+                self._opened.append(connection)
         return connection
+
+    def close(self) -> None:
+        """Close the connections this cache opened, on every thread. The last one to close folds
+        SQLite's write-ahead log into the file, so that the store folder is whole on disk now,
+        not whenever worker threads' connections happen to be collected (a copy of the folder
+        taken in between would miss the entries still in the log). Later calls reopen."""
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        self._local = threading.local()
+        for connection in opened:
+            try:
+                connection.close()
+            except sqlite3.Error:
+                pass
 
     def get(self, sha256: str, detector: str) -> list[Face] | None:
         if not self.usable:

@@ -142,11 +142,15 @@ def make_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
 
 def make_schedule(optimizer, config: TrainConfig, steps_per_epoch: int):
     """A per-step learning-rate schedule: one-cycle to each group's own peak, or constant."""
-    if config.schedule == "onecycle":
+    total = config.epochs * steps_per_epoch
+    # One-cycle needs a step to warm up in and one to anneal in (torch divides by the length of
+    # each phase): a run of one or two steps (one epoch of a tiny gallery) trains at a constant
+    # rate, and a short one warms up for at least one step.
+    if config.schedule == "onecycle" and total >= 3:
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
             epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-            pct_start=0.2)
+            pct_start=max(0.2, 2.0 / total))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
@@ -368,6 +372,8 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
             list(split.test) if lead else [], config.image_size, lambda: progress.advance(task),
             crop=config.crop,
             finder=finder, counts=counts)
+    if finder.cache is not None:
+        finder.cache.close()  # the detections are on disk, the store folder whole, from here on
     skipped += skipped_test
     people = sorted({item.person for item in train_items})
     if len(people) < 2:
