@@ -65,6 +65,11 @@ def decode_images(images: list[GalleryImage], size: int, on_step: Callable[[], N
                     arrays.append(resize_for_model(image, size, crop))
             if on_step:
                 on_step()
+    if finder.cache is not None:
+        # The pool's threads opened their own connections: close them now, so the detections
+        # are in the cache file itself (a copy of the folder taken later misses none), rather
+        # than whenever the threads' connections are collected.
+        finder.cache.close()
     if not arrays:
         return kept, torch.zeros((0, 3, size, size), dtype=torch.uint8), skipped
     return kept, torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), skipped

@@ -372,8 +372,6 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
             list(split.test) if lead else [], config.image_size, lambda: progress.advance(task),
             crop=config.crop,
             finder=finder, counts=counts)
-    if finder.cache is not None:
-        finder.cache.close()  # the detections are on disk, the store folder whole, from here on
     skipped += skipped_test
     people = sorted({item.person for item in train_items})
     if len(people) < 2:

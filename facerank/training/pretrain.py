@@ -127,8 +127,6 @@ def pretrain(corpus: str | Path, out: str | Path, config: TrainConfig | None = N
         pair_items, pair_pixels, skipped_pairs = decode_images(
             held_out_items, config.image_size, lambda: progress.advance(task), crop=config.crop,
             finder=finder, counts=counts)
-    if finder.cache is not None:
-        finder.cache.close()  # the detections are on disk, the base folder whole, from here on
     skipped += skipped_pairs
     people = sorted({item.person for item in train_items})
     if len(people) < 2:
