@@ -4,8 +4,9 @@
     PYTHONPATH=OLD_CHECKOUT python benchmarks/serve_load.py --store S --out results/serve_load-before
 
 Without --store, trains the demo store first (bundled ORL subset, 64 px, from random
-initialisation). While each level runs, another client asks `/api/health` every 20 ms: its
-latency shows whether the server's event loop stays free while the model works. The server runs
+initialisation). While each level runs, another process (benchmarks/health_probe.py) asks
+`/api/health` every 20 ms: its latency shows whether the server's event loop stays free while
+the model works. The server runs
 the facerank that ``python -m facerank`` imports, so an older checkout on PYTHONPATH measures
 "before". Bounded in count and time, loopback only. Writes benchmarks/results/serve_load.{json,md}.
 """
@@ -26,6 +27,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import health_probe  # benchmarks/health_probe.py, beside this script
 import httpx
 import numpy as np
 
@@ -70,25 +72,13 @@ def run_level(url: str, photo: bytes, clients: int, requests: int, deadline: flo
                     else:
                         failures += 1
 
-    health, done = [], threading.Event()
-
-    def poll_health():
-        with httpx.Client(timeout=60) as client:
-            while not done.is_set():
-                started = time.perf_counter()
-                client.get(url.split("/api/")[0] + "/api/health")
-                health.append(time.perf_counter() - started)
-                time.sleep(0.02)
-
-    poller = threading.Thread(target=poll_health)
-    poller.start()
+    probe = health_probe.start(url.split("/api/")[0] + "/api/health", every=0.02)
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         share = [requests // clients + (i < requests % clients) for i in range(clients)]
         list(pool.map(worker, share))
     wall = time.perf_counter() - started
-    done.set()
-    poller.join()
+    health = [poll["seconds"] for poll in health_probe.stop(probe)]
     ms, health_ms = np.array(latencies) * 1000, np.array(health) * 1000
     return {"clients": clients, "requests": len(latencies), "failures": failures,
             "requests_per_second": round(len(latencies) / wall, 1),
@@ -132,7 +122,8 @@ def main() -> None:
     import facerank
 
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores",
-               "facerank": str(Path(facerank.__file__).parent.parent),
+               # Which checkout served, relative to this one ("." unless PYTHONPATH chose another).
+               "facerank": os.path.relpath(Path(facerank.__file__).parent.parent, HERE.parent),
                "endpoint": "POST /api/stores/{name}/identify", "image_size": image_size,
                "levels": levels}
     args.out.parent.mkdir(parents=True, exist_ok=True)

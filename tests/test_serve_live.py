@@ -1,19 +1,19 @@
 """The server as deployed: `facerank serve` in its own process, on a loopback socket.
 
-A request body is refused at the limit while it streams in, and /api/health answers within
-100 ms while additions and queries keep the model busy. Also the refusal of `facerank serve`
+A request body is refused at the limit while it streams in, and every /api/health answer (polled
+from another process) comes within 100 ms while additions and queries keep the model busy. Also the refusal of `facerank serve`
 to go beyond loopback without a token (in-process, nothing started).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import select
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -131,6 +131,15 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def _health_probe():
+    """benchmarks/health_probe.py: health polled from a process of its own."""
+    spec = importlib.util.spec_from_file_location(
+        "health_probe", Path(__file__).parents[1] / "benchmarks" / "health_probe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_health_answers_within_100_ms_while_8_additions_and_16_queries_run(live, store_copy):
     _, gallery = store_copy
     base = f"{live.url}/api/stores/{live.store}"
@@ -140,18 +149,22 @@ def test_health_answers_within_100_ms_while_8_additions_and_16_queries_run(live,
     newcomers = [_png(Image.open(gallery / "s5" / f"{n}.pgm").transpose(Image.FLIP_LEFT_RIGHT))
                  for n in range(1, 9)]
 
+    # One client for every loading thread: a client per request would build an SSL context
+    # each time (~10 ms of CPU), and on 2 cores the test's own CPU would delay the server.
+    loader = httpx.Client(timeout=120, limits=httpx.Limits(max_connections=32))
+
     def query(item):
         person, file = item
         photo = (gallery / person / file).read_bytes()
-        answer = httpx.post(closest, files={"photo": (file, photo)}, timeout=120)
+        answer = loader.post(closest, files={"photo": (file, photo)})
         assert answer.status_code == 200, answer.text
         nearest = answer.json()["matches"][0]
         return nearest["person"], Path(nearest["path"]).name
 
     def add_one(data, person="late"):
-        answer = httpx.post(f"{base}/people/{person}/images",
-                            files=[("photos", ("new.png", data, "image/png"))],
-                            headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
+        answer = loader.post(f"{base}/people/{person}/images",
+                             files=[("photos", ("new.png", data, "image/png"))],
+                             headers={"Authorization": f"Bearer {TOKEN}"})
         assert answer.status_code == 200, answer.text  # queued writers, no 409
         return answer.json()["added"]
 
@@ -165,23 +178,12 @@ def test_health_answers_within_100_ms_while_8_additions_and_16_queries_run(live,
         list(pool.map(query, queries[:6]))
         early.result()
 
-    latencies, statuses, load_done = [], set(), threading.Event()
-
-    def poll_health():
-        with httpx.Client(base_url=live.url, timeout=5) as client:
-            while not load_done.is_set():
-                started = time.perf_counter()
-                statuses.add(client.get("/api/health").status_code)
-                latencies.append(time.perf_counter() - started)
-                time.sleep(0.01)
-
-    poller = threading.Thread(target=poll_health)
-    # The 24 client threads share this process's GIL with the poller: a short switch interval
-    # hands it to the poller promptly, so that the server's latency is measured, not ours.
-    switch_interval = sys.getswitchinterval()
-    sys.setswitchinterval(0.0005)
+    # The health checks come from a process of their own, as a monitor's would: polled from a
+    # thread of this process, they would wait on this process's GIL behind the 24 loading
+    # threads, and measure the test rather than the server.
+    probe = _health_probe()
+    prober = probe.start(f"{live.url}/api/health")
     started = time.perf_counter()
-    poller.start()
     try:
         with ThreadPoolExecutor(24) as pool:
             writes = [pool.submit(add_one, data) for data in newcomers]
@@ -189,10 +191,10 @@ def test_health_answers_within_100_ms_while_8_additions_and_16_queries_run(live,
             added = [w.result() for w in writes]
             nearest = [r.result() for r in reads]
     finally:
-        load_done.set()
-        poller.join(timeout=30)
-        sys.setswitchinterval(switch_interval)
-    busy = time.perf_counter() - started
+        busy = time.perf_counter() - started
+        loader.close()
+        polls = probe.stop(prober)
+    latencies, statuses = [p["seconds"] for p in polls], {p["status"] for p in polls}
     ordered = sorted(latencies)
     worst, typical = ordered[-1], ordered[len(ordered) // 2]
     p95 = ordered[int(0.95 * (len(ordered) - 1))]
@@ -201,12 +203,7 @@ def test_health_answers_within_100_ms_while_8_additions_and_16_queries_run(live,
     assert statuses == {200} and added == [1] * 8
     assert nearest == queries
     assert len(latencies) >= 10, (len(latencies), busy)  # polled all through the load
-    # 95% of answers within 100 ms. The single worst poll is bounded looser: on 2 cores the
-    # event loop shares the GIL with the model threads while it parses 24 uploads arriving at
-    # once (~4 ms each), and one poll now and then waits behind that (measured 37-118 ms on a
-    # quiet machine, more with other work on it); before, a blocked loop made it seconds.
-    assert p95 < 0.1, f"health p95 {p95 * 1000:.0f} ms under load"
-    assert worst < 0.5, f"health took {worst * 1000:.0f} ms under load"
+    assert worst < 0.1, f"health took {worst * 1000:.0f} ms under load ({ordered[-5:]})"
     info = httpx.get(base, timeout=30).json()
     assert info["images"] == 59 and info["images_per_person"]["late"] == 8
 
