@@ -198,7 +198,7 @@ def test_a_newer_database_schema_is_refused_with_advice(store_copy):
     store, _ = store_copy
     with sqlite3.connect(store.folder / DATABASE_FILE) as connection:
         connection.execute("PRAGMA user_version = 99")
-    with pytest.raises(StoreError, match="format 99.*reads format 2"):
+    with pytest.raises(StoreError, match="schema 99.*reads schema 3 and older"):
         FaceStore.open(store.folder)
 
 

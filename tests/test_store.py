@@ -172,20 +172,80 @@ def test_the_index_kind_follows_the_gallery_size(store_copy, monkeypatch):
         assert nearest.person == photo.parent.name and nearest.distance < 1e-3
 
 
-def test_a_renamed_gallery_resyncs_to_the_same_records(store_copy):
+def _stored(store: FaceStore) -> tuple[dict[int, str], list[tuple[int | None, str]]]:
+    """(gallery roots by id, (gallery, path) of each record) as the database holds them."""
+    with store.database.reading() as sql:
+        roots = dict(sql.execute("SELECT id, root FROM galleries"))
+        return roots, sql.execute("SELECT gallery, path FROM records ORDER BY id").fetchall()
+
+
+def test_a_renamed_gallery_resyncs_to_the_same_records(store_copy, monkeypatch):
     store, gallery = store_copy
+    roots, rows = _stored(store)
+    # Records keep paths relative to the gallery they were synced from.
+    assert roots == {1: f"{gallery}/"} and {g for g, _ in rows} == {1}
+    assert {p for _, p in rows} == {p.relative_to(gallery).as_posix()
+                                    for p in gallery.glob("*/*.pgm")}
     before = {(r.id, Path(r.path).relative_to(gallery).as_posix()) for r in store.records}
     renamed = gallery.with_name("renamed gallery")
     gallery.rename(renamed)
     (renamed / "s1" / "1.pgm").rename(renamed / "s1" / "first.pgm")  # and one file renamed
+    read = []
+    import facerank.store.ingest as ingest
+    monkeypatch.setattr(ingest, "read_source", lambda path, _read=ingest.read_source: (
+        read.append(Path(path).name), _read(path))[1])
     report = store.sync_folder(renamed)
     assert (report.moved, report.added, report.reembedded, report.removed) == (50, 0, 0, 0)
+    # One row changed: the gallery's root. Only the renamed file was read again (to find it by
+    # its content); the other 49 followed their gallery unread.
+    assert _stored(store) == ({1: f"{renamed}/"}, [(1, p if p != "s1/1.pgm" else "s1/first.pgm")
+                                                  for _, p in rows])
+    assert read == ["first.pgm"]
     after = {(r.id, Path(r.path).relative_to(renamed).as_posix()) for r in store.records}
     assert len(store) == 50 and {i for i, _ in after} == {i for i, _ in before}
     assert after - before == {(next(i for i, p in before if p == "s1/1.pgm"), "s1/first.pgm")}
     assert store.closest(renamed / "s2" / "4.pgm", k=1)[0].path == str(renamed / "s2" / "4.pgm")
     again = store.sync_folder(renamed)
     assert (again.unchanged, again.moved, again.added) == (50, 0, 0)
+
+
+def test_a_store_moved_with_its_gallery_answers_from_the_new_place(store_copy, tmp_path):
+    store, gallery = store_copy
+    ids = {Path(r.path).relative_to(gallery).as_posix(): r.id for r in store.records}
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    shutil.move(store.folder, moved / "store")
+    shutil.move(gallery, moved / "gallery")
+    again = FaceStore.open(moved / "store")
+    report = again.sync_folder(moved / "gallery")
+    assert (report.moved, report.added, report.removed, report.reembedded) == (50, 0, 0, 0)
+    assert {Path(r.path).relative_to(moved / "gallery").as_posix(): r.id
+            for r in again.records} == ids
+    photo = moved / "gallery" / "s3" / "2.pgm"
+    assert again.closest(photo, k=1)[0].path == str(photo)
+
+
+def test_a_store_of_schema_2_is_upgraded_on_open_and_its_paths_made_relative(store_copy):
+    store, gallery = store_copy
+    expected = {r.id: r.path for r in store.records}
+    # Make it what facerank wrote before galleries existed: absolute paths, schema 2.
+    with store.database.writing() as sql:
+        sql.execute("UPDATE records SET path = (SELECT root FROM galleries) || path")
+        sql.execute("DROP INDEX records_by_gallery_path")
+        sql.execute("ALTER TABLE records DROP COLUMN gallery")
+        sql.execute("DROP TABLE galleries")
+        sql.execute("CREATE INDEX IF NOT EXISTS records_by_path ON records (path)")
+        sql.execute("PRAGMA user_version = 2")
+    store.database.close()
+    reopened = FaceStore.open(store.folder)
+    assert reopened.database.schema_version() == 3
+    assert {r.id: r.path for r in reopened.records} == expected  # still absolute, still found
+    assert _stored(reopened)[0] == {}
+    report = reopened.sync_folder(gallery)
+    assert (report.unchanged, report.added, report.removed) == (50, 0, 0)
+    roots, rows = _stored(reopened)
+    assert roots == {1: f"{gallery}/"} and all(g == 1 and not p.startswith("/") for g, p in rows)
+    assert {r.id: r.path for r in reopened.records} == expected
 
 
 def test_one_enrolment_writes_a_few_rows_not_the_index(store_copy, tmp_path):

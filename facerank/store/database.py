@@ -1,6 +1,9 @@
 """The store's one source of truth: an SQLite database of records, their vectors and every change.
 
-    records       one row per indexed image (id, path, person, sha256, size, mtime_ns)
+    records       one row per indexed image (id, gallery, path, person, sha256, size, mtime_ns);
+                  ``path`` is relative to its gallery's root when ``gallery`` is set
+    galleries     the folders galleries were synced from (id, root): a moved or renamed gallery
+                  is one row changed, its records' paths untouched
     generations   one per model that embedded the records; the current one answers queries, a
                   ``building`` one is a re-embed in progress, resumed by the next writer
     vectors       (generation, record) -> float32 face print
@@ -27,8 +30,17 @@ import numpy as np
 
 from facerank.store.results import Record
 
-#: PRAGMA user_version of the current schema. Format 1 was store.json + records-N.jsonl files.
-SCHEMA_VERSION = 2
+#: PRAGMA user_version of the current schema. Format 1 was store.json + records-N.jsonl files;
+#: schema 2 kept every gallery file's path absolute.
+SCHEMA_VERSION = 3
+
+# Galleries: records of files under a synced folder keep their path relative to it. Roots end
+# with a separator and never nest (syncing a folder that holds known galleries absorbs them).
+_GALLERY_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS galleries (
+           id INTEGER PRIMARY KEY AUTOINCREMENT, root TEXT NOT NULL UNIQUE)""",
+    "CREATE INDEX IF NOT EXISTS records_by_gallery_path ON records (gallery, path)",
+)
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -37,8 +49,8 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS records (
            id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL, person TEXT NOT NULL,
            sha256 TEXT NOT NULL, size INTEGER NOT NULL DEFAULT 0,
-           mtime_ns INTEGER NOT NULL DEFAULT 0)""",
-    "CREATE INDEX IF NOT EXISTS records_by_path ON records (path)",
+           mtime_ns INTEGER NOT NULL DEFAULT 0, gallery INTEGER)""",
+    *_GALLERY_SCHEMA,
     "CREATE INDEX IF NOT EXISTS records_by_sha256 ON records (sha256)",
     "CREATE INDEX IF NOT EXISTS records_by_person ON records (person)",
     """CREATE TABLE IF NOT EXISTS generations (
@@ -55,6 +67,10 @@ _SCHEMA = (
 )
 
 _RECORD_COLUMNS = "id, path, person, sha256, size, mtime_ns"
+# A record with its full path (the gallery's root joined to it); filters name columns as r.*.
+_SELECT_RECORDS = ("SELECT r.id, CASE WHEN r.gallery IS NULL THEN r.path ELSE g.root || r.path "
+                   "END, r.person, r.sha256, r.size, r.mtime_ns FROM records AS r "
+                   "LEFT JOIN galleries AS g ON g.id = r.gallery")
 
 
 def to_sql(text: str) -> str:
@@ -158,6 +174,18 @@ class Database:
             sql.execute(statement)
         sql.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
+    @staticmethod
+    def upgrade_schema(sql: sqlite3.Connection) -> None:
+        """Schema 2 -> 3, inside the caller's write transaction: the galleries table and the
+        records' gallery column. Records keep their absolute paths until their gallery is next
+        synced, which makes them relative to it."""
+        version = sql.execute("PRAGMA user_version").fetchone()[0]
+        if version == 2:
+            sql.execute("ALTER TABLE records ADD COLUMN gallery INTEGER")
+            for statement in _GALLERY_SCHEMA:
+                sql.execute(statement)
+            sql.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
     # -- meta ------------------------------------------------------------------------------------
 
     @staticmethod
@@ -191,15 +219,16 @@ class Database:
 
     @staticmethod
     def insert_record(sql: sqlite3.Connection, record: Record, *, with_id: bool = False) -> int:
+        """Insert a record given with its full path (kept relative to its gallery, if any)."""
+        gallery, path = Database._place(sql, record.path)
+        values = (gallery, to_sql(path), to_sql(record.person), record.sha256, record.size,
+                  record.mtime_ns)
         if with_id:
-            sql.execute(f"INSERT INTO records ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                        (record.id, to_sql(record.path), to_sql(record.person), record.sha256,
-                         record.size, record.mtime_ns))
+            sql.execute(f"INSERT INTO records (gallery, {_RECORD_COLUMNS}) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)", (values[0], record.id, *values[1:]))
             return record.id
-        cursor = sql.execute("INSERT INTO records (path, person, sha256, size, mtime_ns) "
-                             "VALUES (?, ?, ?, ?, ?)", (to_sql(record.path), to_sql(record.person),
-                                                        record.sha256, record.size,
-                                                        record.mtime_ns))
+        cursor = sql.execute("INSERT INTO records (gallery, path, person, sha256, size, mtime_ns) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", values)
         return int(cursor.lastrowid)
 
     @staticmethod
@@ -216,19 +245,100 @@ class Database:
                     sha256: str | None = None, size: int, mtime_ns: int) -> None:
         """A record's file seen again: moved (new path), touched (new stat) or rewritten in
         place with the same face (new hash, re-embedded under the same id)."""
-        sql.execute("UPDATE records SET path = COALESCE(?, path), sha256 = COALESCE(?, sha256), "
-                    "size = ?, mtime_ns = ? WHERE id = ?",
-                    (None if path is None else to_sql(path), sha256, size, mtime_ns,
-                     int(record_id)))
+        if path is not None:
+            gallery, path = Database._place(sql, path)
+            sql.execute("UPDATE records SET gallery = ?, path = ? WHERE id = ?",
+                        (gallery, to_sql(path), int(record_id)))
+        sql.execute("UPDATE records SET sha256 = COALESCE(?, sha256), size = ?, mtime_ns = ? "
+                    "WHERE id = ?", (sha256, size, mtime_ns, int(record_id)))
 
     @staticmethod
     def records(sql: sqlite3.Connection, where: str = "", parameters: Iterable = ()
                 ) -> list[Record]:
-        """Records matching ``where``; text parameters (paths, names) are passed through
-        ``to_sql`` here."""
-        rows = sql.execute(f"SELECT {_RECORD_COLUMNS} FROM records {where} ORDER BY id",
+        """Records matching ``where`` (naming columns as ``r.person``...), with full paths;
+        text parameters (paths, names) are passed through ``to_sql`` here."""
+        rows = sql.execute(f"{_SELECT_RECORDS} {where} ORDER BY r.id",
                            tuple(to_sql(p) if isinstance(p, str) else p for p in parameters))
         return [_record(row) for row in rows]
+
+    @staticmethod
+    def record_at(sql: sqlite3.Connection, path: str) -> Record | None:
+        """The record of the file at ``path`` (a full path, as ``stored_path`` gives it)."""
+        places = [(gallery, path[len(root):]) for gallery, root in Database._roots(sql)
+                  if path.startswith(root)] + [(None, path)]
+        for gallery, stored in places:
+            rows = Database.records(sql, "WHERE r.gallery IS ? AND r.path = ?", (gallery, stored))
+            if rows:
+                return rows[-1]
+        return None
+
+    @staticmethod
+    def records_under(sql: sqlite3.Connection, root: str) -> list[Record]:
+        """Records of files under the folder ``root`` (ending with a separator)."""
+        found: dict[int, Record] = {}
+        for gallery, known in Database._roots(sql):
+            if known.startswith(root):
+                where, parameters = "WHERE r.gallery = ?", (gallery,)
+            elif root.startswith(known):
+                inside = root[len(known):]
+                where = "WHERE r.gallery = ? AND substr(r.path, 1, ?) = ?"
+                parameters = (gallery, len(inside), inside)
+            else:
+                continue
+            found.update((r.id, r) for r in Database.records(sql, where, parameters))
+        found.update((r.id, r) for r in Database.records(
+            sql, "WHERE r.gallery IS NULL AND substr(r.path, 1, ?) = ?", (len(root), root)))
+        return [found[i] for i in sorted(found)]
+
+    # -- galleries -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _roots(sql: sqlite3.Connection) -> list[tuple[int, str]]:
+        return [(gallery, from_sql(root)) for gallery, root in
+                sql.execute("SELECT id, root FROM galleries ORDER BY length(root)")]
+
+    @staticmethod
+    def _place(sql: sqlite3.Connection, path: str) -> tuple[int | None, str]:
+        """(gallery, path as stored): relative to the gallery whose root holds ``path``."""
+        for gallery, root in Database._roots(sql):
+            if path.startswith(root):
+                return gallery, path[len(root):]
+        return None, path
+
+    @staticmethod
+    def galleries(sql: sqlite3.Connection) -> dict[int, str]:
+        """Every gallery's root, by id."""
+        return dict(Database._roots(sql))
+
+    @staticmethod
+    def open_gallery(sql: sqlite3.Connection, root: str) -> int:
+        """The gallery holding folder ``root`` (ending with a separator), made if none does:
+        records under it so far become relative to it, and galleries inside it join it."""
+        for gallery, known in Database._roots(sql):
+            if root.startswith(known):
+                return gallery
+        gallery = int(sql.execute("INSERT INTO galleries (root) VALUES (?)",
+                                  (to_sql(root),)).lastrowid)
+        for inner, known in Database._roots(sql):
+            if inner != gallery and known.startswith(root):
+                sql.execute("UPDATE records SET gallery = ?, path = ? || path WHERE gallery = ?",
+                            (gallery, to_sql(known[len(root):]), inner))
+                sql.execute("DELETE FROM galleries WHERE id = ?", (inner,))
+        sql.execute("UPDATE records SET gallery = ?, path = substr(path, ?) WHERE gallery IS NULL "
+                    "AND substr(path, 1, ?) = ?", (gallery, len(root) + 1, len(root),
+                                                   to_sql(root)))
+        return gallery
+
+    @staticmethod
+    def move_gallery(sql: sqlite3.Connection, gallery: int, root: str) -> None:
+        """The gallery's folder is now ``root``: its records follow, unchanged."""
+        sql.execute("UPDATE galleries SET root = ? WHERE id = ?", (to_sql(root), int(gallery)))
+
+    @staticmethod
+    def gallery_records(sql: sqlite3.Connection, gallery: int) -> list[tuple[int, str, str]]:
+        """(id, path relative to the gallery, person) of a gallery's records."""
+        return [(i, from_sql(path), from_sql(person)) for i, path, person in sql.execute(
+            "SELECT id, path, person FROM records WHERE gallery = ?", (int(gallery),))]
 
     @staticmethod
     def records_by_id(sql: sqlite3.Connection, ids: Iterable[int]) -> dict[int, Record]:
@@ -237,8 +347,7 @@ class Database:
         for start in range(0, len(wanted), 900):
             chunk = wanted[start:start + 900]
             marks = ",".join("?" * len(chunk))
-            for row in sql.execute(f"SELECT {_RECORD_COLUMNS} FROM records WHERE id IN ({marks})",
-                                   chunk):
+            for row in sql.execute(f"{_SELECT_RECORDS} WHERE r.id IN ({marks})", chunk):
                 found[row[0]] = _record(row)
         return found
 
@@ -329,12 +438,13 @@ class Database:
 
     @staticmethod
     def paths_in_use(sql: sqlite3.Connection, paths: Sequence[str]) -> set[str]:
+        """Which of ``paths`` (the store's own uploads, never in a gallery) records hold."""
         used = set()
         for start in range(0, len(paths), 900):
             chunk = [to_sql(p) for p in paths[start:start + 900]]
             marks = ",".join("?" * len(chunk))
             used |= {from_sql(row[0]) for row in sql.execute(
-                f"SELECT path FROM records WHERE path IN ({marks})", chunk)}
+                f"SELECT path FROM records WHERE gallery IS NULL AND path IN ({marks})", chunk)}
         return used
 
     @staticmethod
@@ -345,7 +455,7 @@ class Database:
 
     @staticmethod
     def records_without_vector(sql: sqlite3.Connection, generation_id: int) -> list[Record]:
-        return Database.records(sql, "WHERE id NOT IN (SELECT record FROM vectors WHERE "
+        return Database.records(sql, "WHERE r.id NOT IN (SELECT record FROM vectors WHERE "
                                      "generation = ?)", (int(generation_id),))
 
     @staticmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from collections.abc import Iterable
 from typing import Iterator, Sequence
@@ -545,10 +546,11 @@ class FaceStore:
         with self._writer(False, COMMIT_EVERY) as writer:
             with self.database.reading() as sql:
                 doomed = set(wanted_ids)
-                doomed |= {r.id for path in wanted
-                           for r in Database.records(sql, "WHERE path = ?", (path,))}
+                doomed |= {r.id for r in map(partial(Database.record_at, sql), wanted)
+                           if r is not None}
                 if person is not None:
-                    doomed |= {r.id for r in Database.records(sql, "WHERE person = ?", (person,))}
+                    doomed |= {r.id for r in Database.records(sql, "WHERE r.person = ?",
+                                                              (person,))}
             writer.remove(sorted(doomed))
             return writer.report
 
@@ -587,16 +589,17 @@ class FaceStore:
             writer.report.skipped.extend(scanned.problems)
             writer.reembed_if_stale()
             present = {layout.absolute(image.path): image for image in scanned.images}
+            writer.open_gallery(root, {path: image.person for path, image in present.items()})
             with self.database.reading() as sql:
                 total = Database.count(sql)
-                under = Database.records(sql, "WHERE substr(path, 1, ?) = ?", (len(root), root))
+                under = Database.records_under(sql, root)
             expected = len(present) + total - len(under)
             writer.fit_index(expected, memory_budget_bytes=self._memory_budget(writer, memory,
                                                                               expected))
             writer.ingest([(image.path, image.person) for image in present.values()])
             # After the ingest, which may have found some of them again at a new path.
             with self.database.reading() as sql:
-                under = Database.records(sql, "WHERE substr(path, 1, ?) = ?", (len(root), root))
+                under = Database.records_under(sql, root)
             writer.remove([r.id for r in under if r.path not in present])
             if writer.snapshot.needs_compaction:  # e.g. left so by a build killed mid-way
                 writer.compact()

@@ -63,10 +63,36 @@ class Writer:
         self.batch = max(1, min(commit_every or self.engine.commit_every,
                                 self.engine.commit_every))
         self.report = report or ChangeReport()
+        self.followed: set[int] = set()  # records whose gallery folder moved in this write
 
     def publish(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
         self._publish(snapshot)
+
+    # -- galleries -------------------------------------------------------------------------------
+
+    def open_gallery(self, root: str, present: dict[str, str]) -> None:
+        """Records of files under the folder ``root`` keep paths relative to it from now on.
+        A known gallery whose folder is gone and whose files are mostly here under the same
+        relative paths and people has moved here: its root changes, in one row, and its
+        records follow without their files being read again (``present``: path -> person of
+        the files found under ``root``)."""
+        with self.database.writing() as sql:
+            galleries = Database.galleries(sql)
+            if not any(root.startswith(known) or known.startswith(root)
+                       for known in galleries.values()):
+                here = {path[len(root):]: person for path, person in present.items()}
+                best, best_found = None, 0
+                for gallery, known in galleries.items():
+                    if is_uri(known) or self.engine.exists(known):
+                        continue  # still there: another gallery, not this one moved
+                    records = Database.gallery_records(sql, gallery)
+                    found = {i for i, path, person in records if here.get(path) == person}
+                    if len(found) * 2 > len(records) and len(found) > best_found:
+                        best, best_found, self.followed = gallery, len(found), found
+                if best is not None:
+                    Database.move_gallery(sql, best, root)
+            Database.open_gallery(sql, root)
 
     # -- adding files ----------------------------------------------------------------------------
 
@@ -79,9 +105,9 @@ class Writer:
             by_path = {}
             for path, _ in items:
                 stored = layout.stored_path(self.folder, path)
-                rows = Database.records(sql, "WHERE path = ?", (stored,))
-                if rows:
-                    by_path[stored] = rows[-1]
+                found = Database.record_at(sql, stored)
+                if found is not None:
+                    by_path[stored] = found
         pending: list[PendingFile] = []
         for path, person in items:
             old = by_path.get(layout.stored_path(self.folder, path))
@@ -91,7 +117,10 @@ class Writer:
                 except OSError:
                     info = None
                 if info and info.st_size == old.size and info.st_mtime_ns == old.mtime_ns:
-                    self.report.unchanged += 1
+                    if old.id in self.followed:
+                        self.report.moved += 1  # its gallery moved here (open_gallery)
+                    else:
+                        self.report.unchanged += 1
                     continue
             pending.append(PendingFile(as_source(path), person, old))
         if not self.snapshot.base.is_built or len(self.snapshot.base) == 0:
@@ -515,7 +544,8 @@ class _MovedFiles:
 
     def find(self, sha256: str, person: str) -> Record | None:
         with self.database.reading() as sql:
-            candidates = Database.records(sql, "WHERE sha256 = ? AND person = ?", (sha256, person))
+            candidates = Database.records(sql, "WHERE r.sha256 = ? AND r.person = ?",
+                                          (sha256, person))
         for record in candidates:
             if record.id not in self._claimed and not self.exists(
                     layout.resolved_path(self.folder, record.path)):

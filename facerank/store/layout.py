@@ -10,7 +10,9 @@
       .lock                                         held by whoever writes (facerank.folder_lock)
 
 Records of files inside the store (uploads) are kept relative to it, so a moved store still
-finds them; every other path is kept absolute.
+finds them; records of files under a synced gallery folder, relative to that folder (the
+database's ``galleries``), so a moved gallery is one row changed; any other path is absolute.
+``stored_path`` gives the first two kinds their full form; the database places it in a gallery.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Making a store's database: a new one, or one migrated from an older format.
 
-Schema changes are small numbered steps from ``PRAGMA user_version``; today there is one, from
-format 1 (``store.json`` naming ``index-<n>.faiss`` and ``records-<n>.jsonl``) to the database.
+Schema changes are small numbered steps from ``PRAGMA user_version``: from format 1
+(``store.json`` naming ``index-<n>.faiss`` and ``records-<n>.jsonl``) to the database, and from
+schema 2 to 3 (galleries: records relative to the folder they were synced from).
 A migration is one transaction: a crash before its commit leaves the old files as they were and
 the next open migrates again; the old files are deleted only once it has committed.
 """
@@ -34,6 +35,9 @@ def prepare(folder: Path, database: Database, model_config, *, lock_wait: float 
     """Check ``folder``'s database, or make it (migrated from format 1, or empty)."""
     _check_schema(folder, database)
     if database.is_initialised():
+        if database.schema_version() < SCHEMA_VERSION:
+            with FolderLock(folder, wait=lock_wait), database.writing() as sql:
+                Database.upgrade_schema(sql)  # a no-op if another process just did it
         return
     with FolderLock(folder, wait=lock_wait):
         _check_schema(folder, database)
@@ -79,9 +83,9 @@ def _check_schema(folder: Path, database: Database) -> None:
     if database.path.exists():
         version = database.schema_version()
         if version > SCHEMA_VERSION:
-            raise StoreError(f"{folder} uses store format {version}, this facerank "
-                             f"({__version__}) reads format {SCHEMA_VERSION}; use a matching "
-                             "facerank version or rebuild the index")
+            raise StoreError(f"{folder} uses store schema {version}, this facerank "
+                             f"({__version__}) reads schema {SCHEMA_VERSION} and older; use a "
+                             "matching facerank version or rebuild the index")
 
 
 def _migrate_format_1(folder: Path, sql, legacy: Path) -> None:
