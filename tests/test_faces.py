@@ -106,6 +106,30 @@ def test_a_rotated_face_is_aligned_eyes_level(tmp_path):
     assert abs(eye_y - HOG.eye_height * 160) < 0.06 * 160
 
 
+def test_a_small_photo_is_upsampled_only_where_no_face_is_found_as_it_is(monkeypatch):
+    from facerank.faces import detection
+
+    passes = []
+    search = detection.DlibHogDetector._boxes
+    monkeypatch.setattr(detection.DlibHogDetector, "_boxes", lambda self, pixels, upsample: (
+        passes.append(upsample), search(self, pixels, upsample))[1])
+    finder = FaceFinder(HOG, size=64)
+    orl = load_image(EXAMPLE_GALLERY / "s3" / "1.pgm")
+    # ORL's own 92 x 112 crop and an LFW-like 250 px frame: found as they are, one search.
+    frame = Image.new("RGB", (250, 250), (90, 90, 90))
+    frame.paste(orl.resize((184, 224)), (33, 13))
+    assert len(finder.find(orl)) == 1 and len(finder.find(frame)) == 1 and passes == [0, 0]
+    # A face under the detector's 80 px window (ORL's at half size): found only upsampled.
+    passes.clear()
+    small = Image.new("RGB", (200, 200), (90, 90, 90))
+    small.paste(orl.resize((46, 56)), (60, 50))
+    [face] = finder.find(small)
+    assert passes == [0, 1] and 60 <= face.box[0] and face.box[2] <= 60 + 46 + 8
+    # A photo of 400 px or more with no face is searched once; nothing is made up.
+    passes.clear()
+    assert finder.find(Image.new("RGB", (400, 300), (90, 90, 90))) == [] and passes == [0]
+
+
 def test_no_face_photos_follow_the_policy_in_build_and_query(store_copy, tmp_path):
     store, gallery = store_copy
     blank = no_face_photo(gallery / "s1" / "blank.png")

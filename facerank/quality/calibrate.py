@@ -50,8 +50,8 @@ def calibrate(store, *, far: float = 0.01, save: bool = True) -> Calibration:
     """Choose the verification threshold of ``store`` at false-accept rate ``far``.
 
     >>> result = facerank.calibrate(store, far=0.01, save=False)  # save=True (default) keeps it
-    >>> result.threshold > 0, result.caveat  # doctest: +ELLIPSIS
-    (True, 'weak model: at 1% false accepts it accepts only ...')
+    >>> result.threshold > 0, 0 <= result.tar <= 1   # result.caveat: None, or why to doubt it
+    (True, True)
     """
     if not 0.0 < far < 1.0:
         raise UsageError(f"far must be between 0 and 1, got {far}")
