@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ from facerank.errors import ImageError, StoreError, StoreMismatchError
 from facerank.model.torch_model import FaceModel
 from facerank.store import FaceStore
 from facerank.store.database import Database
+
+from conftest import EXAMPLE_GALLERY
 
 
 def test_every_gallery_image_is_its_own_nearest_neighbour(store_copy):
@@ -176,7 +179,7 @@ def _stored(store: FaceStore) -> tuple[dict[int, str], list[tuple[int | None, st
     """(gallery roots by id, (gallery, path) of each record) as the database holds them."""
     with store.database.reading() as sql:
         roots = dict(sql.execute("SELECT id, root FROM galleries"))
-        return roots, sql.execute("SELECT gallery, path FROM records ORDER BY id").fetchall()
+        return roots, sql.execute("SELECT gallery, location FROM records ORDER BY id").fetchall()
 
 
 def test_a_renamed_gallery_resyncs_to_the_same_records(store_copy, monkeypatch):
@@ -196,11 +199,12 @@ def test_a_renamed_gallery_resyncs_to_the_same_records(store_copy, monkeypatch):
         read.append(Path(path).name), _read(path))[1])
     report = store.sync_folder(renamed)
     assert (report.moved, report.added, report.reembedded, report.removed) == (50, 0, 0, 0)
-    # One row changed: the gallery's root. Only the renamed file was read again (to find it by
-    # its content); the other 49 followed their gallery unread.
+    # One row changed: the gallery's root. The renamed file was read (to find it by its
+    # content) and a sample of 8 others (to check that this is the same gallery); the other 41
+    # followed their gallery unread.
     assert _stored(store) == ({1: f"{renamed}/"}, [(1, p if p != "s1/1.pgm" else "s1/first.pgm")
                                                   for _, p in rows])
-    assert read == ["first.pgm"]
+    assert len(read) == 9 and read.count("first.pgm") == 1
     after = {(r.id, Path(r.path).relative_to(renamed).as_posix()) for r in store.records}
     assert len(store) == 50 and {i for i, _ in after} == {i for i, _ in before}
     assert after - before == {(next(i for i, p in before if p == "s1/1.pgm"), "s1/first.pgm")}
@@ -225,20 +229,80 @@ def test_a_store_moved_with_its_gallery_answers_from_the_new_place(store_copy, t
     assert again.closest(photo, k=1)[0].path == str(photo)
 
 
+def test_a_gallery_split_in_two_keeps_every_record(store_copy, tmp_path):
+    store, gallery = store_copy
+    ids = {r.path: r.id for r in store.records}
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, people in ((first, ("s1", "s2", "s3")), (second, ("s4", "s5"))):
+        folder.mkdir()
+        for person in people:
+            shutil.move(gallery / person, folder / person)
+    gallery.rmdir()
+    # The old gallery follows its larger part; the rest keep their records until found again.
+    report = store.sync_folder(first)
+    assert (report.moved, report.added, report.removed) == (30, 0, 0) and len(store) == 50
+    report = store.sync_folder(second)
+    assert (report.moved, report.added, report.removed, report.reembedded) == (20, 0, 0, 0)
+    moved_ids = {r.path.replace(str(first), str(gallery)).replace(str(second), str(gallery)): r.id
+                 for r in store.records}
+    assert moved_ids == ids
+
+
+def test_a_gallery_with_the_same_names_is_not_taken_for_an_unmounted_one(store_copy, tmp_path):
+    store, gallery = store_copy
+    ids = {r.path: r.id for r in store.records}
+    # Another gallery: the same folder and file names, photos of other people (ORL's s6-s10
+    # as s1-s5), with the sizes and times of the first one's files. Then the first is unmounted.
+    other = tmp_path / "other"
+    for photo in gallery.glob("*/*.pgm"):
+        twin = other / photo.parent.name / photo.name
+        twin.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(EXAMPLE_GALLERY / f"s{int(photo.parent.name[1:]) + 5}" / photo.name, twin)
+        shutil.copystat(photo, twin)
+    assert {p.stat().st_size for p in other.glob("*/*")} == {p.stat().st_size
+                                                             for p in gallery.glob("*/*")}
+    unmounted = tmp_path / "unmounted"
+    gallery.rename(unmounted)
+    report = store.sync_folder(other)
+    assert (report.moved, report.added) == (0, 50)
+    gallery_back = unmounted.rename(gallery)
+    report = store.sync_folder(gallery_back)
+    assert (report.unchanged, report.added, report.removed) == (50, 0, 0)
+    assert {r.path: r.id for r in store.records if r.path.startswith(str(gallery))} == ids
+    photo = other / "s1" / "1.pgm"
+    assert store.closest(photo, k=1)[0].path == str(photo)
+
+
+def test_a_retrained_store_moved_with_its_gallery_reembeds_from_the_new_place(store_copy,
+                                                                              tmp_path):
+    store, gallery = store_copy
+    with store.database.writing() as sql:  # as a retrain leaves it: vectors of another model
+        sql.execute("UPDATE generations SET model_identity = 'an older model'")
+        Database.bump_version(sql)
+    moved = tmp_path / "moved gallery"
+    gallery.rename(moved)
+    report = FaceStore.open(store.folder, ).sync_folder(moved)
+    assert report.reembedded == 50 and (report.added, report.removed) == (0, 0)
+
+
 def test_a_store_of_schema_2_is_upgraded_on_open_and_its_paths_made_relative(store_copy):
     store, gallery = store_copy
     expected = {r.id: r.path for r in store.records}
     # Make it what facerank wrote before galleries existed: absolute paths, schema 2.
     with store.database.writing() as sql:
-        sql.execute("UPDATE records SET path = (SELECT root FROM galleries) || path")
-        sql.execute("DROP INDEX records_by_gallery_path")
+        sql.execute("UPDATE records SET location = (SELECT root FROM galleries) || location")
+        sql.execute("DROP INDEX records_by_location")
         sql.execute("ALTER TABLE records DROP COLUMN gallery")
+        sql.execute("ALTER TABLE records RENAME COLUMN location TO path")
         sql.execute("DROP TABLE galleries")
         sql.execute("CREATE INDEX IF NOT EXISTS records_by_path ON records (path)")
         sql.execute("PRAGMA user_version = 2")
     store.database.close()
     reopened = FaceStore.open(store.folder)
     assert reopened.database.schema_version() == 3
+    with reopened.database.reading() as sql:  # a schema-2 facerank still running fails loudly
+        with pytest.raises(sqlite3.OperationalError, match="no such column: path"):
+            sql.execute("SELECT path FROM records")
     assert {r.id: r.path for r in reopened.records} == expected  # still absolute, still found
     assert _stored(reopened)[0] == {}
     report = reopened.sync_folder(gallery)

@@ -1,7 +1,8 @@
 """The store's one source of truth: an SQLite database of records, their vectors and every change.
 
-    records       one row per indexed image (id, gallery, path, person, sha256, size, mtime_ns);
-                  ``path`` is relative to its gallery's root when ``gallery`` is set
+    records       one row per indexed image (id, gallery, location, person, sha256, size,
+                  mtime_ns); ``location`` is the path relative to its gallery's root when
+                  ``gallery`` is set, else the path as ``layout.stored_path`` gives it
     galleries     the folders galleries were synced from (id, root): a moved or renamed gallery
                   is one row changed, its records' paths untouched
     generations   one per model that embedded the records; the current one answers queries, a
@@ -39,7 +40,7 @@ SCHEMA_VERSION = 3
 _GALLERY_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS galleries (
            id INTEGER PRIMARY KEY AUTOINCREMENT, root TEXT NOT NULL UNIQUE)""",
-    "CREATE INDEX IF NOT EXISTS records_by_gallery_path ON records (gallery, path)",
+    "CREATE INDEX IF NOT EXISTS records_by_location ON records (gallery, location)",
 )
 
 _SCHEMA = (
@@ -47,7 +48,7 @@ _SCHEMA = (
     # AUTOINCREMENT: an id is never handed out twice, even after the highest one is removed, so
     # an id in an old answer or an old index file can never name another image.
     """CREATE TABLE IF NOT EXISTS records (
-           id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL, person TEXT NOT NULL,
+           id INTEGER PRIMARY KEY AUTOINCREMENT, location TEXT NOT NULL, person TEXT NOT NULL,
            sha256 TEXT NOT NULL, size INTEGER NOT NULL DEFAULT 0,
            mtime_ns INTEGER NOT NULL DEFAULT 0, gallery INTEGER)""",
     *_GALLERY_SCHEMA,
@@ -66,10 +67,10 @@ _SCHEMA = (
            added INTEGER NOT NULL)""",
 )
 
-_RECORD_COLUMNS = "id, path, person, sha256, size, mtime_ns"
+_RECORD_COLUMNS = "id, location, person, sha256, size, mtime_ns"
 # A record with its full path (the gallery's root joined to it); filters name columns as r.*.
-_SELECT_RECORDS = ("SELECT r.id, CASE WHEN r.gallery IS NULL THEN r.path ELSE g.root || r.path "
-                   "END, r.person, r.sha256, r.size, r.mtime_ns FROM records AS r "
+_SELECT_RECORDS = ("SELECT r.id, CASE WHEN r.gallery IS NULL THEN r.location ELSE g.root || "
+                   "r.location END, r.person, r.sha256, r.size, r.mtime_ns FROM records AS r "
                    "LEFT JOIN galleries AS g ON g.id = r.gallery")
 
 
@@ -181,6 +182,9 @@ class Database:
         synced, which makes them relative to it."""
         version = sql.execute("PRAGMA user_version").fetchone()[0]
         if version == 2:
+            # Renamed so that a facerank of schema 2 still running on this store fails loudly
+            # ("no such column: path") instead of writing full paths into gallery records.
+            sql.execute("ALTER TABLE records RENAME COLUMN path TO location")
             sql.execute("ALTER TABLE records ADD COLUMN gallery INTEGER")
             for statement in _GALLERY_SCHEMA:
                 sql.execute(statement)
@@ -227,7 +231,8 @@ class Database:
             sql.execute(f"INSERT INTO records (gallery, {_RECORD_COLUMNS}) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?)", (values[0], record.id, *values[1:]))
             return record.id
-        cursor = sql.execute("INSERT INTO records (gallery, path, person, sha256, size, mtime_ns) "
+        cursor = sql.execute("INSERT INTO records (gallery, location, person, sha256, size, "
+                             "mtime_ns) "
                              "VALUES (?, ?, ?, ?, ?, ?)", values)
         return int(cursor.lastrowid)
 
@@ -247,7 +252,7 @@ class Database:
         place with the same face (new hash, re-embedded under the same id)."""
         if path is not None:
             gallery, path = Database._place(sql, path)
-            sql.execute("UPDATE records SET gallery = ?, path = ? WHERE id = ?",
+            sql.execute("UPDATE records SET gallery = ?, location = ? WHERE id = ?",
                         (gallery, to_sql(path), int(record_id)))
         sql.execute("UPDATE records SET sha256 = COALESCE(?, sha256), size = ?, mtime_ns = ? "
                     "WHERE id = ?", (sha256, size, mtime_ns, int(record_id)))
@@ -267,7 +272,8 @@ class Database:
         places = [(gallery, path[len(root):]) for gallery, root in Database._roots(sql)
                   if path.startswith(root)] + [(None, path)]
         for gallery, stored in places:
-            rows = Database.records(sql, "WHERE r.gallery IS ? AND r.path = ?", (gallery, stored))
+            rows = Database.records(sql, "WHERE r.gallery IS ? AND r.location = ?",
+                                    (gallery, stored))
             if rows:
                 return rows[-1]
         return None
@@ -281,13 +287,13 @@ class Database:
                 where, parameters = "WHERE r.gallery = ?", (gallery,)
             elif root.startswith(known):
                 inside = root[len(known):]
-                where = "WHERE r.gallery = ? AND substr(r.path, 1, ?) = ?"
+                where = "WHERE r.gallery = ? AND substr(r.location, 1, ?) = ?"
                 parameters = (gallery, len(inside), inside)
             else:
                 continue
             found.update((r.id, r) for r in Database.records(sql, where, parameters))
         found.update((r.id, r) for r in Database.records(
-            sql, "WHERE r.gallery IS NULL AND substr(r.path, 1, ?) = ?", (len(root), root)))
+            sql, "WHERE r.gallery IS NULL AND substr(r.location, 1, ?) = ?", (len(root), root)))
         return [found[i] for i in sorted(found)]
 
     # -- galleries -------------------------------------------------------------------------------
@@ -312,33 +318,51 @@ class Database:
 
     @staticmethod
     def open_gallery(sql: sqlite3.Connection, root: str) -> int:
-        """The gallery holding folder ``root`` (ending with a separator), made if none does:
-        records under it so far become relative to it, and galleries inside it join it."""
-        for gallery, known in Database._roots(sql):
-            if root.startswith(known):
-                return gallery
-        gallery = int(sql.execute("INSERT INTO galleries (root) VALUES (?)",
-                                  (to_sql(root),)).lastrowid)
-        for inner, known in Database._roots(sql):
-            if inner != gallery and known.startswith(root):
-                sql.execute("UPDATE records SET gallery = ?, path = ? || path WHERE gallery = ?",
-                            (gallery, to_sql(known[len(root):]), inner))
-                sql.execute("DELETE FROM galleries WHERE id = ?", (inner,))
-        sql.execute("UPDATE records SET gallery = ?, path = substr(path, ?) WHERE gallery IS NULL "
-                    "AND substr(path, 1, ?) = ?", (gallery, len(root) + 1, len(root),
-                                                   to_sql(root)))
+        """The gallery holding folder ``root`` (ending with a separator), made if none does;
+        galleries inside it join it, and records under it kept by full path so far (added
+        before, or by a facerank of schema 2) become relative to it."""
+        # Galleries whose records are all gone are forgotten: none can be moved from them.
+        sql.execute("DELETE FROM galleries WHERE id NOT IN (SELECT DISTINCT gallery FROM records "
+                    "WHERE gallery IS NOT NULL)")
+        holding = [(gallery, known) for gallery, known in Database._roots(sql)
+                   if root.startswith(known)]
+        if holding:
+            [(gallery, known)] = holding  # roots never nest
+        else:
+            gallery, known = int(sql.execute("INSERT INTO galleries (root) VALUES (?)",
+                                              (to_sql(root),)).lastrowid), root
+            for inner, inner_root in Database._roots(sql):
+                if inner != gallery and inner_root.startswith(root):
+                    sql.execute("UPDATE records SET gallery = ?, location = ? || location "
+                                "WHERE gallery = ?", (gallery, to_sql(inner_root[len(root):]),
+                                                      inner))
+                    sql.execute("DELETE FROM galleries WHERE id = ?", (inner,))
+        sql.execute("UPDATE records SET gallery = ?, location = substr(location, ?) WHERE "
+                    "gallery IS NULL AND substr(location, 1, ?) = ?",
+                    (gallery, len(known) + 1, len(root), to_sql(root)))
         return gallery
 
     @staticmethod
-    def move_gallery(sql: sqlite3.Connection, gallery: int, root: str) -> None:
-        """The gallery's folder is now ``root``: its records follow, unchanged."""
+    def move_gallery(sql: sqlite3.Connection, gallery: int, root: str, following: set[int]
+                     ) -> None:
+        """The gallery's folder is now ``root``. The ``following`` records (files found there)
+        follow it unchanged; its others keep their old full paths, outside any gallery, where
+        a later sync finds them again by content or leaves them be."""
+        [old_root] = sql.execute("SELECT root FROM galleries WHERE id = ?",
+                                 (int(gallery),)).fetchone()
+        staying = [(old_root, i) for (i,) in sql.execute(
+            "SELECT id FROM records WHERE gallery = ?", (int(gallery),)) if i not in following]
+        sql.executemany("UPDATE records SET gallery = NULL, location = ? || location "
+                        "WHERE id = ?", staying)
         sql.execute("UPDATE galleries SET root = ? WHERE id = ?", (to_sql(root), int(gallery)))
 
     @staticmethod
-    def gallery_records(sql: sqlite3.Connection, gallery: int) -> list[tuple[int, str, str]]:
-        """(id, path relative to the gallery, person) of a gallery's records."""
-        return [(i, from_sql(path), from_sql(person)) for i, path, person in sql.execute(
-            "SELECT id, path, person FROM records WHERE gallery = ?", (int(gallery),))]
+    def gallery_records(sql: sqlite3.Connection, gallery: int
+                        ) -> list[tuple[int, str, str, str]]:
+        """(id, path relative to the gallery, person, sha256) of a gallery's records."""
+        return [(i, from_sql(path), from_sql(person), sha256) for i, path, person, sha256 in
+                sql.execute("SELECT id, location, person, sha256 FROM records WHERE gallery = ?",
+                            (int(gallery),))]
 
     @staticmethod
     def records_by_id(sql: sqlite3.Connection, ids: Iterable[int]) -> dict[int, Record]:
@@ -444,7 +468,8 @@ class Database:
             chunk = [to_sql(p) for p in paths[start:start + 900]]
             marks = ",".join("?" * len(chunk))
             used |= {from_sql(row[0]) for row in sql.execute(
-                f"SELECT path FROM records WHERE gallery IS NULL AND path IN ({marks})", chunk)}
+                f"SELECT location FROM records WHERE gallery IS NULL AND location IN ({marks})",
+                chunk)}
         return used
 
     @staticmethod

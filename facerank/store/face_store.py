@@ -587,9 +587,10 @@ class FaceStore:
         root = layout.absolute(scanned.root).rstrip("/") + "/"
         with self._writer(show_progress, commit_every, engine) as writer:
             writer.report.skipped.extend(scanned.problems)
-            writer.reembed_if_stale()
             present = {layout.absolute(image.path): image for image in scanned.images}
+            # Before a re-embed, which must read the records' files where they are now.
             writer.open_gallery(root, {path: image.person for path, image in present.items()})
+            writer.reembed_if_stale()
             with self.database.reading() as sql:
                 total = Database.count(sql)
                 under = Database.records_under(sql, root)

@@ -73,26 +73,47 @@ class Writer:
 
     def open_gallery(self, root: str, present: dict[str, str]) -> None:
         """Records of files under the folder ``root`` keep paths relative to it from now on.
-        A known gallery whose folder is gone and whose files are mostly here under the same
-        relative paths and people has moved here: its root changes, in one row, and its
-        records follow without their files being read again (``present``: path -> person of
-        the files found under ``root``)."""
+
+        A known gallery whose folder is gone, with more than half of its files here under the
+        same relative paths and people, and a sample of them with the same content, has moved
+        here: its root changes in one row and the records of those files follow without their
+        files being read again. Its other records keep their old paths, outside any gallery
+        (a later sync of wherever they went finds them by content). ``present``: path ->
+        person of the files found under ``root``.
+        """
         with self.database.writing() as sql:
             galleries = Database.galleries(sql)
             if not any(root.startswith(known) or known.startswith(root)
                        for known in galleries.values()):
                 here = {path[len(root):]: person for path, person in present.items()}
-                best, best_found = None, 0
+                moved_from, following = None, set()
                 for gallery, known in galleries.items():
                     if is_uri(known) or self.engine.exists(known):
                         continue  # still there: another gallery, not this one moved
                     records = Database.gallery_records(sql, gallery)
-                    found = {i for i, path, person in records if here.get(path) == person}
-                    if len(found) * 2 > len(records) and len(found) > best_found:
-                        best, best_found, self.followed = gallery, len(found), found
-                if best is not None:
-                    Database.move_gallery(sql, best, root)
+                    found = [(i, path, sha256) for i, path, person, sha256 in records
+                             if here.get(path) == person]
+                    if len(found) * 2 > len(records) and len(found) > len(following) and \
+                            self._same_content(root, found):
+                        moved_from, following = gallery, {i for i, _, _ in found}
+                if moved_from is not None:
+                    Database.move_gallery(sql, moved_from, root, following)
+                    self.followed = following
             Database.open_gallery(sql, root)
+
+    def _same_content(self, root: str, found: list[tuple[int, str, str]], sample: int = 8
+                      ) -> bool:
+        """Whether a seeded sample of ``found`` (id, relative path, sha256) files under
+        ``root`` hold what their records say: an unmounted gallery and another with the same
+        names are told apart by content, not by names and sizes."""
+        for _, path, sha256 in random.Random(len(found)).sample(found, min(sample, len(found))):
+            try:
+                data = read_source(root + path)[0]
+            except OSError:
+                return False
+            if hashlib.sha256(data).hexdigest() != sha256:
+                return False
+        return True
 
     # -- adding files ----------------------------------------------------------------------------
 
