@@ -74,11 +74,16 @@ def run_level(url: str, photo: bytes, clients: int, requests: int, deadline: flo
 
     probe = health_probe.start(url.split("/api/")[0] + "/api/health", every=0.02)
     started = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        share = [requests // clients + (i < requests % clients) for i in range(clients)]
-        list(pool.map(worker, share))
-    wall = time.perf_counter() - started
-    health = [poll["seconds"] for poll in health_probe.stop(probe)]
+    try:
+        with ThreadPoolExecutor(clients) as pool:
+            share = [requests // clients + (i < requests % clients) for i in range(clients)]
+            list(pool.map(worker, share))
+    finally:
+        wall = time.perf_counter() - started
+        polls = health_probe.stop(probe)
+    health = [poll["seconds"] for poll in polls]
+    if any(poll["status"] != 200 for poll in polls):
+        raise RuntimeError(f"/api/health failed under load: {polls}")
     ms, health_ms = np.array(latencies) * 1000, np.array(health) * 1000
     return {"clients": clients, "requests": len(latencies), "failures": failures,
             "requests_per_second": round(len(latencies) / wall, 1),

@@ -106,7 +106,7 @@ def test_a_rotated_face_is_aligned_eyes_level(tmp_path):
     assert abs(eye_y - HOG.eye_height * 160) < 0.06 * 160
 
 
-def test_a_small_photo_is_upsampled_only_where_no_face_is_found_as_it_is(monkeypatch):
+def test_a_small_photo_is_searched_upsampled_for_every_face_or_where_none_was_found(monkeypatch):
     from facerank.faces import detection
 
     passes = []
@@ -115,16 +115,29 @@ def test_a_small_photo_is_upsampled_only_where_no_face_is_found_as_it_is(monkeyp
         passes.append(upsample), search(self, pixels, upsample))[1])
     finder = FaceFinder(HOG, size=64)
     orl = load_image(EXAMPLE_GALLERY / "s3" / "1.pgm")
-    # ORL's own 92 x 112 crop and an LFW-like 250 px frame: found as they are, one search.
+    # Only the largest face wanted (a gallery photo): ORL's own 92 x 112 crop and an LFW-like
+    # 250 px frame are found as they are, one search each.
     frame = Image.new("RGB", (250, 250), (90, 90, 90))
     frame.paste(orl.resize((184, 224)), (33, 13))
-    assert len(finder.find(orl)) == 1 and len(finder.find(frame)) == 1 and passes == [0, 0]
+    assert len(finder.find(orl, every=False)) == 1 and passes == [0]
+    assert len(finder.find(frame, every=False)) == 1 and passes == [0, 0]
     # A face under the detector's 80 px window (ORL's at half size): found only upsampled.
     passes.clear()
     small = Image.new("RGB", (200, 200), (90, 90, 90))
     small.paste(orl.resize((46, 56)), (60, 50))
-    [face] = finder.find(small)
+    [face] = finder.find(small, every=False)
     assert passes == [0, 1] and 60 <= face.box[0] and face.box[2] <= 60 + 46 + 8
+    # A small group photo: one large face and two small ones. Every face wanted: both searches,
+    # all three found, the large one framed as the first search framed it.
+    group = Image.new("RGB", (360, 260), (90, 90, 90))
+    group.paste(orl.resize((138, 168)), (20, 50))
+    for left in (200, 280):
+        group.paste(load_image(EXAMPLE_GALLERY / "s1" / "1.pgm").resize((46, 56)), (left, 100))
+    passes.clear()
+    largest_only = finder.find(group, every=False)
+    every = finder.find(group)
+    assert passes == [0, 0, 1] and len(every) == 3
+    assert every[0] == largest_only[0] and all(face.box[0] >= 190 for face in every[1:])
     # A photo of 400 px or more with no face is searched once; nothing is made up.
     passes.clear()
     assert finder.find(Image.new("RGB", (400, 300), (90, 90, 90))) == [] and passes == [0]
@@ -186,7 +199,7 @@ def test_a_new_backend_plugs_in_without_touching_the_rest(tmp_path):
         def __init__(self, step):
             pass
 
-        def detect(self, pixels):
+        def detect(self, pixels, every=True):
             h, w = pixels.shape[:2]
             y = h * 0.4
             marks = ((w * 0.62, y), (w * 0.55, y), (w * 0.38, y), (w * 0.45, y), (w / 2, h * 0.55))

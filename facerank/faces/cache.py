@@ -2,7 +2,7 @@
 
 Finding faces costs more than embedding them on small photos; a re-run of ``index build``, a
 retrain or a calibration meets the same files again. The cache is one SQLite file in the store
-(``faces.sqlite``), keyed by the file's sha256 and the detector (``FaceStep.detection_key``):
+(``faces.sqlite``), keyed by the file's sha256 and the search (``FaceStep.detection_key``):
 a changed file or another detector is a miss, a renamed file is a hit. Several processes may
 share it: SQLite's WAL mode lets readers and one writer work at once.
 """
@@ -28,7 +28,7 @@ class DetectionCache:
     """``get``/``put`` the faces found in a file, by (sha256, detection key).
 
     >>> cache = DetectionCache("faces/faces.sqlite")
-    >>> cache.get(sha256, step.detection_key)       # None: not detected yet
+    >>> cache.get(sha256, step.detection_key())     # None: not detected yet
     """
 
     def __init__(self, path: str | Path):
@@ -120,6 +120,7 @@ def read_file_input(finder: FaceFinder, path: str | Path) -> tuple[Image.Image |
         image = load_image(data)
     except ImageError as error:  # bytes have no name: give the file's
         raise ImageError(str(path), error.reason) from None
-    faces = finder.find(image, key=hashlib.sha256(data).hexdigest())
+    # A gallery photo is its largest face: the quicker search (see UPSAMPLE_BELOW).
+    faces = finder.find(image, key=hashlib.sha256(data).hexdigest(), every=False)
     inputs = finder.inputs(image, faces=faces)
     return (inputs[0].image if inputs else None), len(faces)

@@ -47,11 +47,13 @@ TEMPLATE = np.array([
 #: Photos are detected at most this large (longer side): a 12-megapixel photo costs as much
 #: as a 2-megapixel one, and faces under 1/20 of the frame are not what a gallery holds.
 MAX_DETECT_SIDE = 1600
-#: Smaller photos (longer side) with no face found as they are are searched again upsampled
-#: twice: dlib's HOG window is 80 px, and a smaller face is found only so. A face near that size
-#: is found as it is too, its box snapped to the window, and the 5-point landmarks from that box
-#: agree with those from the upsampled search within 3% of the eye distance (median, on LFW and
-#: ORL photos), so the ~4x dearer search runs only where the first found nothing.
+#: Smaller photos (longer side) are also searched upsampled once: dlib's HOG window is 80 px,
+#: and a smaller face is found only so. Where only the largest face is wanted (gallery photos in
+#: training and indexing, single-answer queries), the ~4x dearer upsampled search runs only
+#: where the first found nothing: a face near 80 px is found as it is, its box snapped to the
+#: window, with the 5-point landmarks within 3% of the eye distance of the upsampled search's
+#: (median, LFW and ORL; benchmarks/upsampling.py). Where every face is wanted, both searches
+#: run and the upsampled one adds the faces the first missed.
 UPSAMPLE_BELOW = 400
 
 
@@ -84,11 +86,11 @@ class FaceStep:
     def enabled(self) -> bool:
         return self.detector != "none"
 
-    @property
-    def detection_key(self) -> str:
-        """What a cached detection depends on: the detector and its weights, not the framing."""
-        return (f"{self.detector}:{self.model_fingerprint[:16]}:"
-                f"upsample<{UPSAMPLE_BELOW}-if-none")
+    def detection_key(self, every: bool = True) -> str:
+        """What a cached detection depends on: the detector and its weights, and whether every
+        face was looked for; not the framing."""
+        search = "all" if every else "if-none"
+        return f"{self.detector}:{self.model_fingerprint[:16]}:upsample<{UPSAMPLE_BELOW}-{search}"
 
     def describe(self) -> str:
         """One line for a run's output: which mode it used."""
@@ -145,9 +147,11 @@ class Face:
 
 
 class FaceDetector(Protocol):
-    """A backend: every face in an RGB uint8 array (H x W x 3), with 5 landmarks each."""
+    """A backend: every face in an RGB uint8 array (H x W x 3), with 5 landmarks each.
+    ``every=False``: only the largest face is wanted, so a backend may search less thoroughly
+    (one that cannot, ignores it)."""
 
-    def detect(self, pixels: np.ndarray) -> list[Face]: ...
+    def detect(self, pixels: np.ndarray, every: bool = True) -> list[Face]: ...
 
 
 #: name → factory(step) for each backend. ``register_detector`` adds one.
@@ -237,7 +241,7 @@ class _DlibBackend:
         self._dlib, landmarks = _dlib()
         self._landmarks = self._dlib.shape_predictor(str(landmarks))
 
-    def detect(self, pixels: np.ndarray) -> list[Face]:
+    def detect(self, pixels: np.ndarray, every: bool = True) -> list[Face]:
         height, width = pixels.shape[:2]
         scale = min(1.0, MAX_DETECT_SIDE / max(height, width))
         small = pixels
@@ -246,8 +250,11 @@ class _DlibBackend:
             small = np.asarray(Image.fromarray(pixels).resize(size, Image.BILINEAR))
         small = np.ascontiguousarray(small)
         found = list(self._boxes(small, 0))
-        if not found and max(small.shape[:2]) < UPSAMPLE_BELOW:
-            found = list(self._boxes(small, 1))
+        if max(small.shape[:2]) < UPSAMPLE_BELOW and (every or not found):
+            # Faces the first search found keep its boxes (the same chips either way); the
+            # upsampled search adds those it missed.
+            found += [(rect, confidence) for rect, confidence in self._boxes(small, 1)
+                      if not any(_same_face(rect, seen) for seen, _ in found)]
         faces = []
         for rect, confidence in found:
             shape = self._landmarks(small, rect)
@@ -260,6 +267,13 @@ class _DlibBackend:
 
     def _boxes(self, pixels: np.ndarray, upsample: int):
         raise NotImplementedError
+
+
+def _same_face(a, b) -> bool:
+    """Whether two dlib rectangles frame one face: either's centre lies inside the other."""
+    def inside(rect, x, y):
+        return rect.left() <= x <= rect.right() and rect.top() <= y <= rect.bottom()
+    return inside(a, b.center().x, b.center().y) or inside(b, a.center().x, a.center().y)
 
 
 class DlibHogDetector(_DlibBackend):
@@ -455,21 +469,25 @@ class FaceFinder:
         with self._changed:
             self._idle.append(detector)
 
-    def find(self, image: Image.Image, *, key: str | None = None) -> list[Face]:
-        """Every face in ``image``, largest first. ``key`` (the file's sha256) caches it."""
+    def find(self, image: Image.Image, *, key: str | None = None, every: bool = True
+             ) -> list[Face]:
+        """Every face in ``image``, largest first. ``key`` (the file's sha256) caches it.
+        ``every=False``: only the largest face matters (faces under the detector's smallest
+        size may be missed where a larger one is found), which is faster on small photos."""
         if not self.step.enabled:
             return []
         if key and self.cache is not None:
-            cached = self.cache.get(key, self.step.detection_key)
+            cached = self.cache.get(key, self.step.detection_key(every))
             if cached is not None:
                 return cached
         detector = self._borrow()
         try:
-            faces = sorted(detector.detect(np.asarray(image)), key=lambda f: -f.area)
+            faces = sorted(detector.detect(np.asarray(image), every=every),
+                           key=lambda f: -f.area)
         finally:
             self._give_back(detector)
         if key and self.cache is not None:
-            self.cache.put(key, self.step.detection_key, faces)
+            self.cache.put(key, self.step.detection_key(every), faces)
         return faces
 
     def align(self, image: Image.Image, face: Face) -> Image.Image:
@@ -484,7 +502,7 @@ class FaceFinder:
         """
         if not self.step.enabled:
             return [FaceInput(image, None)]
-        faces = self.find(image, key=key) if faces is None else faces
+        faces = self.find(image, key=key, every=every) if faces is None else faces
         if not faces:
             return [FaceInput(image, None)] if self.step.no_face == "whole" else []
         chosen = faces if every else faces[:1]

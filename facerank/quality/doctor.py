@@ -111,7 +111,7 @@ def diagnose(gallery: str | Path, *, store=None, min_images: int = 2,
             continue
         digest = hashlib.sha256(data).hexdigest()
         by_digest[digest].append((str(item.path), item.person))
-        faces = finder.find(image, key=digest)
+        faces = finder.find(image, key=digest, every=False)  # as training and indexing do
         if finder.step.enabled and not faces:
             report.no_face.append(str(item.path))
             if finder.step.no_face == "skip":

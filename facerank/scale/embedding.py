@@ -314,7 +314,7 @@ class _Embedder:
             data, found["size"], found["mtime_ns"] = read_source(path, self.filesystem)
             found["sha256"] = hashlib.sha256(data).hexdigest()
             image = load_image(data)
-            faces = self.faces.find(image)
+            faces = self.faces.find(image, every=False)  # as the local build: the largest
             found["faces_found"] = len(faces)
             inputs = self.faces.inputs(image, faces=faces)
             if inputs:

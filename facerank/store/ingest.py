@@ -590,7 +590,7 @@ def _read_file(item: PendingFile, faces: FaceFinder, moved: _MovedFiles | None) 
         if settle_known_content(outcome, moved):
             return outcome
         image = load_image(data)
-        found = faces.find(image, key=outcome.sha256)
+        found = faces.find(image, key=outcome.sha256, every=False)  # its largest face counts
         outcome.faces_found = len(found)
         inputs = faces.inputs(image, faces=found)
         if inputs:
