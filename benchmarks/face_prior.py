@@ -64,18 +64,18 @@ def base_of_round(number: int) -> Path:
 BASE = base_of_round(1)  # the base the later stages use: main() sets the last round's
 
 
-def stage_base(epochs: int, rounds: int) -> dict:
+def stage_base(epochs: int, rounds: int, min_photos: int) -> dict:
     """Pretrain on DevTrain's people, round after round (cached: a finished round is reused, a
     stopped one resumed)."""
     corpus = rec.linked_gallery(rec.lfw_people("peopleDevTrain.txt"), rec.DATA / "lfw" / "images",
                                 CACHE / "corpus")
     out = {}
     for number in range(1, rounds + 1):
-        out[f"round{number}"] = pretrain_round(corpus, number, epochs)
+        out[f"round{number}"] = pretrain_round(corpus, number, epochs, min_photos)
     return out
 
 
-def pretrain_round(corpus: Path, number: int, epochs: int) -> dict:
+def pretrain_round(corpus: Path, number: int, epochs: int, min_photos: int) -> dict:
     from facerank.training.pretrain import pretrain, pretrain_recipe
 
     folder = base_of_round(number)
@@ -84,7 +84,9 @@ def pretrain_round(corpus: Path, number: int, epochs: int) -> dict:
     config = pretrain_recipe(epochs=epochs)
     if history_file.exists() and (folder / "base.json").exists():
         done = json.loads(history_file.read_text())
-        if done["config"] == json.loads(json.dumps(config.__dict__)):
+        if (done["config"] == json.loads(json.dumps(config.__dict__))
+                and done.get("min_photos", 2) == min_photos
+                and done["base"]["faces"].get("edges") == rec.face_step().edges):
             return done | {"weights": weights}
     if not (folder / "faces.sqlite").exists():
         folder.mkdir(parents=True, exist_ok=True)
@@ -94,6 +96,7 @@ def pretrain_round(corpus: Path, number: int, epochs: int) -> dict:
         else:
             rec.seed_detections(folder)  # photos the recognition benchmark already searched
     result = pretrain(corpus, folder, config, weights=weights, faces=rec.face_step(),
+                      min_photos=min_photos,
                       resume=(folder / "checkpoint.pt").exists(),
                       on_epoch=lambda row: print(json.dumps(row), flush=True))
     print(f"round {number} pretrained in {result.seconds:.0f} s", flush=True)
@@ -246,10 +249,13 @@ def report(results: dict) -> str:
         origin = ("random initialisation" if base["weights"] == "none"
                   else f"the previous round's base (`--weights {Path(base['weights']).name}`)")
         lines += [f"## Pretraining, {name} (`facerank pretrain`, from {origin})", "",
-                  f"{base['people']} people with >= 2 photos of `peopleDevTrain.txt`, "
+                  f"{base['people']} people with >= {base.get('min_photos', 2)} photos of "
+                  "`peopleDevTrain.txt`, "
                   f"{base['images']} photos, aligned by the face step; {len(base['held_out_people'])} "
                   f"more of those people held out for the per-epoch score ({base['pairs']} pairs); "
-                  f"{base['dropped_people']} people with one photo not used. Recipe: "
+                  + (f"{base['dropped_people']} people with one photo not used. "
+                     if base["dropped_people"] else "")
+                  + "Recipe: "
                   f"{base['config']['loss']} (margin {base['config']['margin']}, scale "
                   f"{base['config']['scale']}), {base['config']['image_size']} px, batch "
                   f"{base['config']['batch_size']}, {base['config']['epochs']} epochs, "
@@ -319,6 +325,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20, help="pretraining epochs per round")
     parser.add_argument("--rounds", type=int, default=1,
                         help="pretraining rounds, each from the previous round's base")
+    parser.add_argument("--min-photos", type=int, default=2,
+                        help="pretrain on the people with at least this many photos")
     parser.add_argument("--stages", default=",".join(STAGES))
     parser.add_argument("--report", action="store_true", help="only rewrite the report")
     args = parser.parse_args()
@@ -340,7 +348,7 @@ def main() -> None:
             work.mkdir(parents=True)
             started = time.perf_counter()
             previous = results.get(stage, {})
-            results[stage] = (stage_base(args.epochs, args.rounds) if stage == "base" else
+            results[stage] = (stage_base(args.epochs, args.rounds, args.min_photos) if stage == "base" else
                               stage_lfw_pairs() if stage == "lfw-pairs" else
                               stage_lfw_identification(work, previous)
                               if stage == "lfw-identification" else stage_orl(work))

@@ -63,6 +63,7 @@ class PretrainResult:
     history: list[dict]              # per epoch: loss, accuracy, held-out pair scores, seconds
     people: int                      # identities trained on
     images: int                      # photos trained on
+    min_photos: int                  # people with fewer photos were left out
     held_out_people: list[str]       # never trained on; their pairs score each epoch
     pairs: int                       # held-out pairs scored each epoch
     dropped_people: int              # with fewer than min_photos photos
@@ -200,7 +201,7 @@ def pretrain(corpus: str | Path, out: str | Path, config: TrainConfig | None = N
     checkpoint_path.unlink(missing_ok=True)  # ~280 MB; the base is what it was kept for
     result = PretrainResult(
         base=base.to_json(), history=history, people=len(people), images=len(train_items),
-        held_out_people=sorted(held_out), pairs=len(pairs[0]),
+        min_photos=min_photos, held_out_people=sorted(held_out), pairs=len(pairs[0]),
         dropped_people=len(by_person) - len(kept), skipped=skipped, no_face=counts.no_face,
         several_faces=counts.several_faces, seconds=round(time.perf_counter() - started, 2),
         bf16=use_bf16, history_path=str(out / HISTORY_FILE), curves_path=str(out / CURVES_FILE))
