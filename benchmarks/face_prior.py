@@ -356,7 +356,9 @@ def main() -> None:
                 results[stage]["base_folder"] = str(BASE.relative_to(HERE.parent))
             results[stage]["stage_seconds"] = round(time.perf_counter() - started, 1)
             shutil.rmtree(work, ignore_errors=True)
-            (RESULTS / "face_prior.json").write_text(json.dumps(results, indent=1))
+            # Paths relative to the repository: the file names this machine's folders nowhere.
+            (RESULTS / "face_prior.json").write_text(
+                json.dumps(results, indent=1).replace(f"{HERE.parent}/", ""))
     (RESULTS / "face_prior.md").write_text(report(results))
     print(report(results))
 

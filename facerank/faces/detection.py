@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import math
 import threading
 from dataclasses import asdict, dataclass
@@ -161,8 +162,9 @@ class Face:
 
 class FaceDetector(Protocol):
     """A backend: every face in an RGB uint8 array (H x W x 3), with 5 landmarks each.
-    ``every=False``: only the largest face is wanted, so a backend may search less thoroughly
-    (one that cannot, ignores it)."""
+    ``every=False``: only the largest face is wanted, so a backend may search less thoroughly.
+    A backend that cannot may leave ``every`` out of its signature: ``detect(pixels)`` is
+    called so."""
 
     def detect(self, pixels: np.ndarray, every: bool = True) -> list[Face]: ...
 
@@ -419,6 +421,15 @@ def align(image: Image.Image, face: Face, size: int, step: FaceStep | None = Non
                            fillcolor=(0, 0, 0))
 
 
+def _takes_every(detector: FaceDetector) -> bool:
+    """Whether a backend's ``detect`` takes ``every`` (backends written before it did not)."""
+    try:
+        parameters = inspect.signature(detector.detect).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: assume today's protocol
+        return True
+    return any(p.name == "every" or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
 # -- the step at work ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -495,8 +506,9 @@ class FaceFinder:
                 return cached
         detector = self._borrow()
         try:
-            faces = sorted(detector.detect(np.asarray(image), every=every),
-                           key=lambda f: -f.area)
+            found = (detector.detect(np.asarray(image), every=every) if _takes_every(detector)
+                     else detector.detect(np.asarray(image)))
+            faces = sorted(found, key=lambda f: -f.area)
         finally:
             self._give_back(detector)
         if key and self.cache is not None:
