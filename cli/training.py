@@ -161,6 +161,8 @@ def pretrain(
     face_model: Optional[Path] = typer.Option(None, help="Weights file of a face detector that "
                                               "needs one (dlib-cnn)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its checkpoint."),
+    device: str = typer.Option("cpu", help="cpu, or cuda to train on a GPU (bf16 autocast "
+                               "where it has native bf16)."),
     as_json: bool = JsonOption,
 ):
     """Pretrain a face prior on many people's faces; save it as a base for `train --weights`.
@@ -171,6 +173,7 @@ def pretrain(
     Examples:
       facerank pretrain corpus/ --out base/ --weights none --epochs 20
       facerank pretrain corpus/ --out base/ --weights none --resume
+      facerank pretrain corpus/ --out base/ --weights imagenet --device cuda
       facerank train photos/ --store faces/ --weights base/
     """
     from facerank.faces.detection import face_step
@@ -191,7 +194,7 @@ def pretrain(
     given = {} if min_photos is None else {"min_photos": min_photos}  # else the library's default
     result = run_pretraining(corpus, out, config, weights=weights,
                              faces=face_step(faces, model_file=face_model), resume=resume,
-                             show_progress=not as_json, on_epoch=report, **given)
+                             show_progress=not as_json, device=device, on_epoch=report, **given)
     if as_json:
         emit_json({"out": str(out), **result.to_json()})
         return

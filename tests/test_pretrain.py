@@ -193,3 +193,12 @@ def test_pretrain_recipe_needs_a_margin_loss_and_gives_arcface_an_angle_margin()
     assert pretrain_recipe().balanced and pretrain_recipe().greyscale > 0
     with pytest.raises(UsageError, match="margin loss: cosface or arcface"):
         pretrain_recipe(loss="softmax")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is here: it would run")
+def test_pretraining_on_a_gpu_where_there_is_none_is_refused_at_once(corpus, tmp_path):
+    result = CliRunner().invoke(app, ["pretrain", str(corpus), "--out", str(tmp_path / "base"),
+                                      "--weights", "none", "--device", "cuda"])
+    assert result.exit_code == 2, result.output
+    assert "torch sees no CUDA GPU here" in result.output and "--device cpu" in result.output
+    assert not (tmp_path / "base").exists()  # refused before anything was read or written

@@ -46,16 +46,31 @@ CURVES_FILE = "curves.png"       # plot_history of that history
 CHECKPOINT_FILE = "checkpoint.pt"  # what resume=True continues from
 
 
-def bf16_is_native() -> bool:
-    """True where the CPU has AMX tiles, the only place bf16 autocast beats fp32 here.
+def bf16_is_native(device: torch.device | None = None) -> bool:
+    """True on a GPU with native bf16, and on a CPU with AMX tiles: where bf16 autocast beats
+    fp32.
 
     (oneDNN also "supports" bf16 on plain AVX-512 by emulation; measured on such a CPU, a
     ResNet50 training step was 2.7x *slower* in bf16 than in fp32, so that does not count.)
     """
+    if device is not None and device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
     try:
         return bool(torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def training_device(name: str) -> torch.device:
+    """``"cpu"`` or ``"cuda"`` (``"cuda:N"``) as a device, refused in one line where torch
+    sees no GPU."""
+    device = torch.device(name)
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"device must be cpu or cuda; got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {name!r}: torch sees no CUDA GPU here "
+                         "(torch.cuda.is_available() is False); use --device cpu")
+    return device
 
 
 @dataclass

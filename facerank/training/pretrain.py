@@ -45,7 +45,7 @@ from facerank.training.augmentation import FaceCounts, decode_images
 from facerank.training.loop import (CHECKPOINT_FILE, CURVES_FILE, HISTORY_FILE, bf16_is_native,
                                     epoch_order, make_optimizer, make_schedule, parameter_groups,
                                     restore_checkpoint, save_checkpoint, set_trainable,
-                                    train_epoch)
+                                    train_epoch, training_device)
 from facerank.training.memory import malloc_keeps_freed_memory
 from facerank.training.plots import plot_history
 # pretrain_recipe lives with the other recipes (torch-free, for the CLI's help); imported here
@@ -83,19 +83,23 @@ def pretrain(corpus: str | Path, out: str | Path, config: TrainConfig | None = N
              weights: str = "imagenet", faces: FaceStep | str = "auto",
              min_photos: int = PRETRAIN_MIN_PHOTOS,
              resume: bool = False, show_progress: bool = False, checkpoint_every: float = 60.0,
-             on_epoch: Callable[[dict], None] | None = None) -> PretrainResult:
+             device: str = "cpu", on_epoch: Callable[[dict], None] | None = None
+             ) -> PretrainResult:
     """Pretrain the backbone on ``corpus`` (one folder per person) and save a base in ``out``.
 
     ``out`` receives the base (``base.json`` + weights), ``history.json``, ``curves.png``, the
     ``checkpoint.pt`` an interrupted run resumes from (``resume=True``) and the detection cache.
     ``weights``: what to start from, as for ``train`` (``"imagenet"``, ``"none"``, a file, or
-    another base to continue). ``on_epoch`` receives each epoch's history row as it ends.
+    another base to continue). ``device``: ``"cpu"`` or ``"cuda"`` (a GPU, with bf16 autocast
+    where it has native bf16; faces are found and augmented on the CPU either way).
+    ``on_epoch`` receives each epoch's history row as it ends.
     """
     config = config or PRETRAIN
     if config.loss == "softmax":
         raise UsageError(f"pretraining needs a margin loss: {' or '.join(PRETRAIN_MARGINS)}; "
                          f"got {config.loss!r}")
     started = time.perf_counter()
+    target = training_device(device)  # before any work: a missing GPU fails at once
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
@@ -140,12 +144,13 @@ def pretrain(corpus: str | Path, out: str | Path, config: TrainConfig | None = N
     model = FaceModel.from_backbone(people, backbone_state, weights_origin,
                                     image_size=config.image_size, crop=config.crop,
                                     head="cosine", head_scale=config.scale, faces=step)
-    network = model.network.to(memory_format=torch.channels_last)
+    network = model.network.to(target, memory_format=torch.channels_last)
+    model.device = target
     set_trainable(network, config.trainable)
     optimizer = make_optimizer(parameter_groups(network, config), config)
     steps_per_epoch = -(-len(train_items) // config.batch_size)
     schedule = make_schedule(optimizer, config, steps_per_epoch)
-    use_bf16 = bf16_is_native() if config.bf16 is None else config.bf16
+    use_bf16 = bf16_is_native(target) if config.bf16 is None else config.bf16
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
     history: list[dict] = []
@@ -191,6 +196,8 @@ def pretrain(corpus: str | Path, out: str | Path, config: TrainConfig | None = N
                 on_epoch(row)
 
     last = history[-1] if history else {}
+    network.to("cpu")  # saved as CPU tensors, where fine-tuning and queries load it
+    model.device = torch.device("cpu")
     base = save_base(network.state_dict(), BaseConfig(
         image_size=config.image_size, faces=step, crop=config.crop, mean=model.config.mean,
         std=model.config.std, weights_origin=weights_origin, loss=config.loss,
@@ -252,12 +259,13 @@ def score_held_out(model: FaceModel, pixels: torch.Tensor,
 
     model.network.eval()
     vectors = []
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+    with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16,
+                                                enabled=use_bf16):
         for start in range(0, len(pixels), batch_size):
             features, _ = features_and_logits(model.network,
                                               model.normalise(pixels[start:start + batch_size]))
             vectors.append(nn.functional.normalize(features.float(), dim=1))
-    vectors = torch.cat(vectors).numpy()
+    vectors = torch.cat(vectors).cpu().numpy()
     left, right, same = pairs
     distances = np.linalg.norm(vectors[left] - vectors[right], axis=1)
     _, accuracy = best_threshold(distances, same)
