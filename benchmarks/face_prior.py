@@ -64,24 +64,25 @@ def base_of_round(number: int) -> Path:
 BASE = base_of_round(1)  # the base the later stages use: main() sets the last round's
 
 
-def stage_base(epochs: int, rounds: int, min_photos: int) -> dict:
+def stage_base(epochs: int, rounds: int, min_photos: int, image_size: int) -> dict:
     """Pretrain on DevTrain's people, round after round (cached: a finished round is reused, a
     stopped one resumed)."""
     corpus = rec.linked_gallery(rec.lfw_people("peopleDevTrain.txt"), rec.DATA / "lfw" / "images",
                                 CACHE / "corpus")
     out = {}
     for number in range(1, rounds + 1):
-        out[f"round{number}"] = pretrain_round(corpus, number, epochs, min_photos)
+        out[f"round{number}"] = pretrain_round(corpus, number, epochs, min_photos, image_size)
     return out
 
 
-def pretrain_round(corpus: Path, number: int, epochs: int, min_photos: int) -> dict:
+def pretrain_round(corpus: Path, number: int, epochs: int, min_photos: int,
+                   image_size: int) -> dict:
     from facerank.training.pretrain import pretrain, pretrain_recipe
 
     folder = base_of_round(number)
     weights = "none" if number == 1 else str(base_of_round(number - 1))
     history_file = folder / "history.json"
-    config = pretrain_recipe(epochs=epochs)
+    config = pretrain_recipe(epochs=epochs, image_size=image_size)
     if history_file.exists() and (folder / "base.json").exists():
         done = json.loads(history_file.read_text())
         if (done["config"] == json.loads(json.dumps(config.__dict__))
@@ -327,6 +328,8 @@ def main() -> None:
                         help="pretraining rounds, each from the previous round's base")
     parser.add_argument("--min-photos", type=int, default=2,
                         help="pretrain on the people with at least this many photos")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="aligned face size in px (default: pretrain's, 64)")
     parser.add_argument("--stages", default=",".join(STAGES))
     parser.add_argument("--report", action="store_true", help="only rewrite the report")
     args = parser.parse_args()
@@ -348,7 +351,8 @@ def main() -> None:
             work.mkdir(parents=True)
             started = time.perf_counter()
             previous = results.get(stage, {})
-            results[stage] = (stage_base(args.epochs, args.rounds, args.min_photos) if stage == "base" else
+            results[stage] = (stage_base(args.epochs, args.rounds, args.min_photos,
+                                         args.image_size) if stage == "base" else
                               stage_lfw_pairs() if stage == "lfw-pairs" else
                               stage_lfw_identification(work, previous)
                               if stage == "lfw-identification" else stage_orl(work))
