@@ -96,10 +96,18 @@ def pretrain_round(corpus: Path, number: int, epochs: int, min_photos: int,
             shutil.copyfile(earlier, folder / "faces.sqlite")
         else:
             rec.seed_detections(folder)  # photos the recognition benchmark already searched
-    result = pretrain(corpus, folder, config, weights=weights, faces=rec.face_step(),
-                      min_photos=min_photos,
-                      resume=(folder / "checkpoint.pt").exists(),
-                      on_epoch=lambda row: print(json.dumps(row), flush=True))
+    from facerank.errors import StoreMismatchError
+
+    def run(resume: bool):
+        return pretrain(corpus, folder, config, weights=weights, faces=rec.face_step(),
+                        min_photos=min_photos, resume=resume,
+                        on_epoch=lambda row: print(json.dumps(row), flush=True))
+    try:
+        result = run(resume=(folder / "checkpoint.pt").exists())
+    except StoreMismatchError:  # a stopped run of another recipe: its checkpoint is no use
+        print("the checkpoint is of another recipe: starting afresh", flush=True)
+        (folder / "checkpoint.pt").unlink()
+        result = run(resume=False)
     print(f"round {number} pretrained in {result.seconds:.0f} s", flush=True)
     (folder / "checkpoint.pt").unlink(missing_ok=True)  # 280 MB; the base is what is kept
     shutil.copyfile(folder / "curves.png", PLOTS / f"pretrain-round{number}-curves.png")
@@ -179,7 +187,10 @@ def stage_lfw_identification(work: Path, previous: dict) -> dict:
     split = split_gallery(scan_gallery(gallery), test_fraction=0.3, seed=0)
     out = {"people": len(people), "photos": len(split.train) + len(split.test)}
     trained = from_base(gallery, work / "base-store")
-    out["from_base"] = scored(work / "base-store", trained)
+    from facerank.model.base import read_base_config
+
+    out["from_base"] = scored(work / "base-store", trained) | {
+        "image_size": read_base_config(BASE).image_size}
     shutil.copyfile(work / "base-store" / "train" / "curves.png",
                     PLOTS / "lfw-identification-from-base-curves.png")
     if "from_scratch" in previous:
@@ -254,7 +265,8 @@ def report(results: dict) -> str:
                   "`peopleDevTrain.txt`, "
                   f"{base['images']} photos, aligned by the face step; {len(base['held_out_people'])} "
                   f"more of those people held out for the per-epoch score ({base['pairs']} pairs); "
-                  + (f"{base['dropped_people']} people with one photo not used. "
+                  + (f"{base['dropped_people']} people with fewer than "
+                     f"{base.get('min_photos', 2)} photos not used. "
                      if base["dropped_people"] else "")
                   + "Recipe: "
                   f"{base['config']['loss']} (margin {base['config']['margin']}, scale "
@@ -294,11 +306,14 @@ def report(results: dict) -> str:
                   f"people, {ident['photos']} photos, 70/30, seed 0)", "",
                   "| method | top-1 (classify) | top-5 | macro F1 | 1-NN (closest) | train s |",
                   "|---|---|---|---|---|---|"]
-        for key, label in (("from_base", "facerank, fine-tuned from the base (`finetune`)"),
+        size = ident["from_base"].get("image_size") or max(
+            base["config"]["image_size"] for base in rounds.values())
+        for key, label in (("from_base", f"facerank, fine-tuned from the base (`finetune`, "
+                                         f"{size} px)"),
                            ("from_scratch", "facerank from scratch (`scratch`, 64 px, 40 ep)")):
             r = ident[key]
-            lines.append(f"| {label} | {pct(r['classify'])} | {pct(r['top5'])} | {pct(r['f1'])} "
-                         f"| {pct(r['closest'])} | {r['train_seconds']:.0f} |")
+            lines.append(f"| {label} | {pct(r['classify'])} | {pct(r['top5'])} | "
+                         f"{pct(r['f1'])} | {pct(r['closest'])} | {r['train_seconds']:.0f} |")
         for name in ("HOG + SVM", "PCA + SVM on pixels", "LBP + SVM"):
             r = ident["baselines_aligned"][name]
             lines.append(f"| baseline: {name} | {pct(r['accuracy'])} | | {pct(r['f1'])} | | |")

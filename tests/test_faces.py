@@ -245,27 +245,6 @@ def test_align_keeps_the_chip_size_and_framing_for_any_photo_size():
     assert chip.size == (96, 96)
 
 
-def test_chips_repeat_the_photo_edge_but_a_step_saved_before_that_keeps_black(store_copy):
-    face = Face(box=(0, 0, 60, 60), confidence=1.0,  # eyes near the corner: the chip overhangs
-                landmarks=((40, 20), (30, 20), (10, 20), (20, 20), (25, 35)))
-    photo = Image.new("RGB", (120, 120), (128, 128, 128))
-    assert HOG.edges == "repeat"
-    assert np.asarray(align(photo, face, 64, HOG)).min() == 128      # edges repeated
-    # model.json files written before ``edges`` existed: their models were trained on black.
-    old = {key: value for key, value in HOG.to_json().items() if key != "edges"}
-    legacy = FaceStep.from_json(old)
-    assert legacy.edges == "black" and np.asarray(align(photo, face, 64, legacy)).min() == 0
-    assert legacy.identity_parts() == [old[key] for key in ("detector", "model_fingerprint",
-                                       "no_face", "eye_distance", "eye_height")]  # as before
-    assert HOG.identity_parts() != legacy.identity_parts()
-    # A store trained on repeated edges is not queried with black ones.
-    store, gallery = store_copy
-    config = read_config(store.folder).to_json()
-    (store.folder / CONFIG_FILE).write_text(json.dumps({**config, "faces": old}))
-    with pytest.raises(StoreMismatchError, match="another model or preprocessing"):
-        FaceStore.open(store.folder).closest(gallery / "s1" / "1.pgm")
-
-
 def test_cli_faces_query_all_faces_and_no_face_exit_code(tmp_path, trained, gallery):
     store = tmp_path / "store"
     shutil.copytree(trained[0], store)

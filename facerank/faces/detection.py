@@ -34,9 +34,6 @@ from PIL import Image
 from facerank.errors import MissingExtraError, StoreError, StoreMismatchError, UsageError
 
 NO_FACE_POLICIES = ("whole", "skip")
-#: What fills a chip where it reaches past the photo: the photo's edge pixels repeated (since
-#: November 2026), or black (before: a model trained so keeps being fed so).
-EDGE_FILLS = ("repeat", "black")
 #: The landmark order of every backend (dlib's 5-point model): two corners of the eye on the
 #: image's right, two of the eye on the image's left, the base of the nose.
 LANDMARKS = ("right_eye_outer", "right_eye_inner", "left_eye_outer", "left_eye_inner", "nose")
@@ -75,7 +72,6 @@ class FaceStep:
     no_face: str = "whole"          # a photo with no face: "whole" image, or "skip" it
     eye_distance: float = 0.30      # chip framing: distance between the eye centres / side
     eye_height: float = 0.40        # chip framing: height of the eye line / side
-    edges: str = "repeat"           # chip beyond the photo: "repeat" its edge, or "black"
 
     def __post_init__(self):
         if self.no_face not in NO_FACE_POLICIES:
@@ -84,8 +80,6 @@ class FaceStep:
         if self.detector != "none" and self.detector not in DETECTORS:
             raise UsageError(f"unknown face detector {self.detector!r}; choose one of "
                              f"none, {', '.join(DETECTORS)}")
-        if self.edges not in EDGE_FILLS:
-            raise UsageError(f"edges must be one of {', '.join(EDGE_FILLS)}; got {self.edges!r}")
         if not 0.1 <= self.eye_distance <= 0.8 or not 0.1 <= self.eye_height <= 0.9:
             raise UsageError("eye_distance must be in [0.1, 0.8] and eye_height in [0.1, 0.9]")
 
@@ -113,19 +107,12 @@ class FaceStep:
     @classmethod
     def from_json(cls, data: dict | None) -> "FaceStep":
         data = data or {}
-        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
-        # A step saved before ``edges`` existed filled its chips black: a model trained on
-        # those is fed them still, rather than the repeated edges it never saw.
-        known.setdefault("edges", "black" if data.get("detector", "none") != "none" else "repeat")
-        return cls(**known)
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
 
     def identity_parts(self) -> list:
         """What the step contributes to a model's identity (the file's path does not count)."""
-        parts = [self.detector, self.model_fingerprint, self.no_face, self.eye_distance,
-                 self.eye_height]
-        if self.edges != "black":  # appended only when new, so older stores keep their identity
-            parts.append(self.edges)
-        return parts
+        return [self.detector, self.model_fingerprint, self.no_face, self.eye_distance,
+                self.eye_height]
 
 
 @dataclass(frozen=True)
@@ -393,9 +380,9 @@ def align(image: Image.Image, face: Face, size: int, step: FaceStep | None = Non
     """The face cut out upright: a ``size`` x ``size`` RGB image, eyes level, fixed framing.
 
     Where the chip reaches past the photo's edge (a tight crop such as ORL's, a face at the
-    border), the photo's edge pixels are repeated rather than filled black (``step.edges``):
-    black borders would teach the network a frame that faces in ordinary photos do not have (on
-    ORL, a fifth of a chip on average). Steps saved before that keep their black fill.
+    border), the photo's edge pixels are repeated rather than filled black: black borders would
+    teach the network a frame that faces in ordinary photos do not have (on ORL, a fifth of a
+    chip on average).
     """
     step = step or FaceStep(detector="dlib-hog")
     matrix = alignment_matrix(face, size, step)
@@ -405,7 +392,7 @@ def align(image: Image.Image, face: Face, size: int, step: FaceStep | None = Non
     top = int(np.ceil(max(0.0, -corners[:, 1].min())))
     right = int(np.ceil(max(0.0, corners[:, 0].max() - width)))
     bottom = int(np.ceil(max(0.0, corners[:, 1].max() - height)))
-    if step.edges == "repeat" and (left or top or right or bottom):
+    if left or top or right or bottom:
         padded = np.pad(np.asarray(image), ((top, bottom), (left, right), (0, 0)), mode="edge")
         image = Image.fromarray(padded)
         matrix = matrix + np.array([[0, 0, left], [0, 0, top]])
@@ -421,13 +408,20 @@ def align(image: Image.Image, face: Face, size: int, step: FaceStep | None = Non
                            fillcolor=(0, 0, 0))
 
 
-def _takes_every(detector: FaceDetector) -> bool:
-    """Whether a backend's ``detect`` takes ``every`` (backends written before it did not)."""
+def _detect(detector: FaceDetector, pixels: np.ndarray, every: bool) -> list[Face]:
+    """``detector.detect(pixels, every)``, or ``detect(pixels)`` for a backend whose ``detect``
+    has no ``every`` (backends written before it existed)."""
     try:
-        parameters = inspect.signature(detector.detect).parameters.values()
+        parameters = list(inspect.signature(detector.detect).parameters.values())
     except (TypeError, ValueError):  # a builtin without a signature: assume today's protocol
-        return True
-    return any(p.name == "every" or p.kind is p.VAR_KEYWORD for p in parameters)
+        return detector.detect(pixels, every)
+    named = [p for p in parameters if p.name == "every"]
+    if named:
+        return (detector.detect(pixels, every=every) if named[0].kind is named[0].KEYWORD_ONLY
+                else detector.detect(pixels, every))
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return detector.detect(pixels, every=every)
+    return detector.detect(pixels)
 
 
 # -- the step at work ------------------------------------------------------------------------------
@@ -506,9 +500,7 @@ class FaceFinder:
                 return cached
         detector = self._borrow()
         try:
-            found = (detector.detect(np.asarray(image), every=every) if _takes_every(detector)
-                     else detector.detect(np.asarray(image)))
-            faces = sorted(found, key=lambda f: -f.area)
+            faces = sorted(_detect(detector, np.asarray(image), every), key=lambda f: -f.area)
         finally:
             self._give_back(detector)
         if key and self.cache is not None:

@@ -162,7 +162,7 @@ def differences(base: BaseConfig, *, image_size: int, crop: float, faces: FaceSt
         found.append(f"input size {image_size} px, the base's is {base.image_size} px")
     if crop != base.crop:
         found.append(f"crop {crop}, the base's is {base.crop}")
-    for name in ("detector", "model_fingerprint", "eye_distance", "eye_height", "edges"):
+    for name in ("detector", "model_fingerprint", "eye_distance", "eye_height"):
         mine, theirs = getattr(faces, name), getattr(base.faces, name)
         if mine != theirs:
             found.append(f"face step {name} {mine or 'none'!s}, the base's is {theirs or 'none'!s}")

@@ -53,8 +53,8 @@ def bf16_is_native(device: torch.device | None = None) -> bool:
     (oneDNN also "supports" bf16 on plain AVX-512 by emulation; measured on such a CPU, a
     ResNet50 training step was 2.7x *slower* in bf16 than in fp32, so that does not count.)
     """
-    if device is not None and device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if device is not None and device.type == "cuda":  # Ampere and later; before, emulated
+        return torch.cuda.get_device_capability(device) >= (8, 0)
     try:
         return bool(torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
@@ -64,12 +64,18 @@ def bf16_is_native(device: torch.device | None = None) -> bool:
 def training_device(name: str) -> torch.device:
     """``"cpu"`` or ``"cuda"`` (``"cuda:N"``) as a device, refused in one line where torch
     sees no GPU."""
-    device = torch.device(name)
-    if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"device must be cpu or cuda; got {name!r}")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UsageError(f"device must be cpu, cuda or cuda:N; got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device {name!r}: torch sees no CUDA GPU here "
                          "(torch.cuda.is_available() is False); use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"device {name!r}: torch sees {torch.cuda.device_count()} GPU(s), "
+                         "numbered from 0")
     return device
 
 
@@ -417,7 +423,7 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
     if workers > 1 and rank_share % rank_config.batch_size == 1 and rank_share > 1:
         steps_per_epoch -= 1  # train_epoch skips a last batch of one: the schedule must end
     schedule = make_schedule(optimizer, config, steps_per_epoch)
-    use_bf16 = bf16_is_native() if config.bf16 is None else config.bf16
+    use_bf16 = bf16_is_native(model.device) if config.bf16 is None else config.bf16
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     parallel = None
     if workers > 1:

@@ -63,7 +63,6 @@ class PretrainResult:
     history: list[dict]              # per epoch: loss, accuracy, held-out pair scores, seconds
     people: int                      # identities trained on
     images: int                      # photos trained on
-    min_photos: int                  # people with fewer photos were left out
     held_out_people: list[str]       # never trained on; their pairs score each epoch
     pairs: int                       # held-out pairs scored each epoch
     dropped_people: int              # with fewer than min_photos photos
@@ -74,6 +73,7 @@ class PretrainResult:
     bf16: bool
     history_path: str | None = None  # out/HISTORY_FILE
     curves_path: str | None = None   # out/CURVES_FILE
+    min_photos: int = PRETRAIN_MIN_PHOTOS  # people with fewer photos were left out
 
     def to_json(self) -> dict:
         return asdict(self)
