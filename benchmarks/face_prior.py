@@ -285,15 +285,21 @@ def pct(value) -> str:
 
 
 def report(results: dict) -> str:
+    rounds = {k: v for k, v in results.get("base", {}).items() if k.startswith("round")}
+    options = "".join(
+        f" --{flag} {value}" for flag, value, default in (
+            ("image-size", max((b["config"]["image_size"] for b in rounds.values()), default=64),
+             64),
+            ("min-photos", max((b.get("min_photos", 2) for b in rounds.values()), default=2), 2),
+            ("rounds", len(rounds) or 1, 1)) if value != default)
     lines = ["# A face prior: pretrained on LFW's View 1 training people, scored on others", "",
              f"{results.get('machine', '')}. Every network starts from random initialisation "
              "(no ImageNet weights could be downloaded where this ran). Reproduce: "
-             "`python benchmarks/face_prior.py`.", "",
+             f"`python benchmarks/face_prior.py{options}`.", "",
              "Data: Labeled Faces in the Wild, deep-funneled (Huang, Ramesh, Berg, Learned-Miller "
              "2007; Huang, Mattar, Lee, Learned-Miller 2012); ORL (AT&T Laboratories Cambridge; "
              "Samaria & Harter 1994). LFW is a research benchmark, not a measure of fitness for "
              "commercial use.", ""]
-    rounds = {k: v for k, v in results.get("base", {}).items() if k.startswith("round")}
     for name, base in sorted(rounds.items()):
         history = base["history"]
         seconds = [row["seconds"] for row in history]
