@@ -1,7 +1,8 @@
 """A face prior, measured on people it never saw: pretrain on LFW View 1's training people, then
 fine-tune and score on others.
 
-    python benchmarks/face_prior.py [--epochs 20] [--rounds 1] [--stages base,lfw-pairs,...]
+    python benchmarks/face_prior.py [--image-size 96] [--epochs 20] [--rounds 1] [--min-photos 2]
+                                    [--stages base,lfw-pairs,lfw-identification,orl,lfw-158]
 
 * ``base``: ``facerank.training.pretrain`` on the people of ``peopleDevTrain.txt`` only (those with two or
   more photos train; 5% of them are held out for the per-epoch pair score). The base is cached in
@@ -17,6 +18,9 @@ fine-tune and score on others.
 * ``orl``: ORL's 40 people (none in LFW), 70/30 seed 0: identification from the base, and the
   unknown-people protocol of ``benchmarks/recognition.py`` (enrol 70% of the people, calibrate
   at 1% false accepts on their held-out split, count strangers rejected).
+* ``lfw-158``: the recognition benchmark's LFW identification split (158 people with >= 10
+  photos, 70/30, seed 0), fine-tuned from another prior, pretrained from random initialisation
+  on the LFW people with 2-9 photos (none of the 158), cached in ``base-not-158``.
 
 Writes ``benchmarks/results/face_prior.{md,json}`` and curves under ``results/face_prior/``.
 No person whose photos are scored is ever trained on by the base. Every run starts from random
