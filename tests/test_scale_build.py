@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import textwrap
 import time
 from pathlib import Path
 
@@ -205,9 +206,23 @@ def test_a_build_whose_driver_is_killed_resumes_where_it_stopped(trained, ray_cl
     gallery = _orl(tmp_path / "gallery", PEOPLE[:4])
     folder = tmp_path / "store"
     _fresh_store(trained, folder)
-    script = ("import sys; from facerank.store import FaceStore; from facerank.scale import "
-              "RayEngine; FaceStore.open(sys.argv[1]).sync_folder(sys.argv[2], engine=RayEngine("
-              "address=sys.argv[3], workers=1, batch_size=2, commit_every=2))")
+    # The driver's commits are paced (0.3 s after each of its 20) so that the kill lands
+    # mid-build however fast the machine: on a quiet one all 40 photos were once committed
+    # between two looks 50 ms apart.
+    script = textwrap.dedent("""
+        import sys, time
+        from facerank.scale import RayEngine
+        from facerank.store import FaceStore
+        from facerank.store.ingest import Writer
+
+        commit = Writer._commit_new
+        def paced(self, *args):
+            commit(self, *args)
+            time.sleep(0.3)
+        Writer._commit_new = paced
+        FaceStore.open(sys.argv[1]).sync_folder(sys.argv[2], engine=RayEngine(
+            address=sys.argv[3], workers=1, batch_size=2, commit_every=2))
+        """)
     address = ray_cluster.get_runtime_context().gcs_address
     driver = subprocess.Popen([sys.executable, "-c", script, str(folder), str(gallery), address],
                               start_new_session=True, stdout=subprocess.DEVNULL,
