@@ -81,26 +81,34 @@ def stage_base(epochs: int, rounds: int, min_photos: int, image_size: int) -> di
 
 def pretrain_round(corpus: Path, number: int, epochs: int, min_photos: int,
                    image_size: int) -> dict:
-    from facerank.training.pretrain import pretrain, pretrain_recipe
+    from facerank.training.pretrain import pretrain_recipe
 
     folder = base_of_round(number)
     weights = "none" if number == 1 else str(base_of_round(number - 1))
+    earlier = base_of_round(number - 1) / "faces.sqlite"
+    if number > 1 and earlier.exists() and not (folder / "faces.sqlite").exists():
+        folder.mkdir(parents=True, exist_ok=True)  # the same corpus: every photo already searched
+        shutil.copyfile(earlier, folder / "faces.sqlite")
+    done = pretrained(corpus, folder, pretrain_recipe(epochs=epochs, image_size=image_size),
+                      weights=weights, min_photos=min_photos)
+    shutil.copyfile(folder / "curves.png", PLOTS / f"pretrain-round{number}-curves.png")
+    return done | {"weights": weights}
+
+
+def pretrained(corpus: Path, folder: Path, config, *, weights: str, min_photos: int = 2) -> dict:
+    """The history of the base in ``folder``: pretrained there now, unless a finished run of the
+    same recipe is cached (a stopped one of the same recipe resumes; of another, starts afresh)."""
+    from facerank.errors import StoreMismatchError
+    from facerank.training.pretrain import pretrain
+
     history_file = folder / "history.json"
-    config = pretrain_recipe(epochs=epochs, image_size=image_size)
     if history_file.exists() and (folder / "base.json").exists():
         done = json.loads(history_file.read_text())
         if (done["config"] == json.loads(json.dumps(config.__dict__))
-                and done.get("min_photos", 2) == min_photos
-                and done["base"]["faces"].get("edges") == rec.face_step().edges):
-            return done | {"weights": weights}
+                and done.get("min_photos", 2) == min_photos):
+            return done
     if not (folder / "faces.sqlite").exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        earlier = base_of_round(number - 1) / "faces.sqlite"
-        if number > 1 and earlier.exists():  # the same corpus: every photo already searched
-            shutil.copyfile(earlier, folder / "faces.sqlite")
-        else:
-            rec.seed_detections(folder)  # photos the recognition benchmark already searched
-    from facerank.errors import StoreMismatchError
+        rec.seed_detections(folder)  # photos the recognition benchmark already searched
 
     def run(resume: bool):
         return pretrain(corpus, folder, config, weights=weights, faces=rec.face_step(),
@@ -112,10 +120,9 @@ def pretrain_round(corpus: Path, number: int, epochs: int, min_photos: int,
         print("the checkpoint is of another recipe: starting afresh", flush=True)
         (folder / "checkpoint.pt").unlink()
         result = run(resume=False)
-    print(f"round {number} pretrained in {result.seconds:.0f} s", flush=True)
+    print(f"{folder.name} pretrained in {result.seconds:.0f} s", flush=True)
     (folder / "checkpoint.pt").unlink(missing_ok=True)  # 280 MB; the base is what is kept
-    shutil.copyfile(folder / "curves.png", PLOTS / f"pretrain-round{number}-curves.png")
-    return json.loads(history_file.read_text()) | {"weights": weights}
+    return json.loads(history_file.read_text())
 
 
 def base_embedder(flip: bool = False):
@@ -213,7 +220,7 @@ def stage_lfw_158(work: Path, epochs: int, image_size: int | None) -> dict:
     70/30, seed 0), fine-tuned from a prior pretrained, from random initialisation, on the
     *other* LFW people (those with 2-9 photos): none of the 158 is in its corpus."""
     from facerank.training.loop import train
-    from facerank.training.pretrain import pretrain, pretrain_recipe
+    from facerank.training.pretrain import pretrain_recipe
     from facerank.training.recipes import recipe
 
     scored_people = set(rec.lfw_identification_people())
@@ -222,17 +229,8 @@ def stage_lfw_158(work: Path, epochs: int, image_size: int | None) -> dict:
                     if p.name not in scored_people and len(list(p.iterdir())) >= 2)
     corpus = rec.linked_gallery(others, root, CACHE / "corpus-not-158")
     folder = CACHE / "base-not-158"
-    config = pretrain_recipe(epochs=epochs, image_size=image_size)
-    history_file = folder / "history.json"
-    done = (json.loads(history_file.read_text())
-            if history_file.exists() and (folder / "base.json").exists() else None)
-    if done is None or done["config"] != json.loads(json.dumps(config.__dict__)):
-        if not (folder / "faces.sqlite").exists():
-            rec.seed_detections(folder)
-        pretrain(corpus, folder, config, weights="none", faces=rec.face_step(),
-                 resume=(folder / "checkpoint.pt").exists(),
-                 on_epoch=lambda row: print(json.dumps(row), flush=True))
-        done = json.loads(history_file.read_text())
+    done = pretrained(corpus, folder, pretrain_recipe(epochs=epochs, image_size=image_size),
+                      weights="none")
     gallery, split = rec.lfw_identification_split()
     store = work / "store"
     rec.seed_detections(store)
