@@ -406,7 +406,9 @@ def report(results: dict) -> str:
                   f"{u['stranger_people']} people never enrolled) | {pct(u['strangers_rejected'])}"
                   " | >= 90% |",
                   f"| enrolled people's held-out photos accepted and named right | "
-                  f"{pct(u['enrolled_accepted_and_right'])} | |", ""]
+                  f"{pct(u['enrolled_accepted_and_right'])} | |", "",
+                  f"{u['enrolled_people']} people enrolled; "
+                  f"{rec.unknown_calibration_words(u['calibration'])}", ""]
     return "\n".join(lines) + "\n"
 
 

@@ -410,6 +410,21 @@ def cell_orl_tune(setting: str, work: Path) -> dict:
     return out
 
 
+def unknown_calibration_words(calibration: dict) -> str:
+    """How the unknown threshold of an unknown-people cell was calibrated, in a sentence."""
+    if calibration.get("unknown_threshold") is None:  # calibrated before 1:N thresholds
+        return (f"the pair threshold ({calibration['threshold']:.3f}) was calibrated on the "
+                "enrolled people's held-out split at 1% false accepts of pairs (measured there: "
+                f"{100 * calibration['measured_far']:.1f}% false, {100 * calibration['tar']:.1f}%"
+                " true accepts) and decided \"unknown\" on the nearest gallery photo.")
+    return (f"the unknown threshold ({calibration['unknown_threshold']:.3f}) was calibrated at 1% "
+            f"false accepts on the enrolled people's {calibration['stranger_queries']} held-out "
+            "photos, each searched in the gallery with its own person left out (measured there: "
+            f"{100 * calibration['strangers_accepted']:.1f}% of those stand-in strangers "
+            f"accepted, {100 * calibration['identified']:.1f}% of the photos named right within "
+            "it).")
+
+
 def cell_orl_unknown(seed: int, work: Path) -> dict:
     """Enrol 70% of ORL's people; strangers are the rest, never seen in training."""
     from facerank.quality.calibrate import calibrate
@@ -1043,11 +1058,8 @@ def report(done: dict) -> str:
     if "orl-unknown-seed0" in done:
         u = done["orl-unknown-seed0"]
         lines += ["", "## Unknown people (ORL, seed 0; whole image, `orl-unknown-seed0`)", "",
-                  f"{u['enrolled_people']} people enrolled (their training photos indexed); the "
-                  f"threshold ({u['threshold']:.3f}) was calibrated on the enrolled people's "
-                  f"held-out split at 1% false accepts (measured there: "
-                  f"{100 * u['calibration']['measured_far']:.1f}% false, "
-                  f"{100 * u['calibration']['tar']:.1f}% true accepts). Then every photo of "
+                  f"{u['enrolled_people']} people enrolled (their training photos indexed); "
+                  f"{unknown_calibration_words(u['calibration'])} Then every photo of "
                   f"{u['stranger_people']} people never enrolled nor trained on, and the held-out "
                   "photos of enrolled people, were asked `closest`:", "",
                   "| queries | answered | share |", "|---|---|---|",

@@ -234,12 +234,19 @@ def info(store: Optional[Path] = StoreOption, as_json: bool = JsonOption):
         emit_json(info)
         return
     for key, value in info.items():
-        if key not in ("images_per_person", "index_tuning", "threshold", "threshold_far"):
+        if key not in ("images_per_person", "index_tuning", "threshold", "threshold_far",
+                       "unknown_threshold", "calibrated_gallery_images"):
             typer.echo(f"{key:>22}: {value}")
     typer.echo(f"{'threshold':>22}: " + (
         "not calibrated; run `facerank calibrate`" if info["threshold"] is None else
         f"{info['threshold']:.4f} (calibrated at a false-accept rate of "
         f"{info['threshold_far'] * 100:g}%)"))
+    if info["threshold"] is not None:
+        typer.echo(f"{'unknown_threshold':>22}: " + (
+            "the pair threshold (calibrated before the gallery was indexed; calibrate again)"
+            if info["unknown_threshold"] is None else
+            f"{info['unknown_threshold']:.4f} from the nearest gallery image (calibrated on "
+            f"{info['calibrated_gallery_images']} gallery images)"))
     if info.get("index_tuning"):
         typer.echo(f"{'index_tuning':>22}: "
                    f"{_describe_tuning(info['index_factory'], info['index_tuning'])}")

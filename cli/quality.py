@@ -19,9 +19,12 @@ def calibrate(
     far: float = typer.Option(0.01, help="False-accept rate to calibrate at (0.01 = 1%)."),
     as_json: bool = JsonOption,
 ):
-    """Calibrate the same-person threshold on held-out images at a chosen false-accept rate.
+    """Calibrate the same-person thresholds on held-out images at a chosen false-accept rate.
 
-    Afterwards `verify` decides, and `identify` answers "unknown" beyond the threshold.
+    Two thresholds: one for a pair of photos (`verify` decides by it), and one for a photo
+    against the whole indexed gallery (`identify` answers "unknown" when the nearest gallery
+    image lies beyond it). The second needs the gallery indexed first (`facerank index build`),
+    and is worth calibrating again once the gallery has grown or shrunk much.
 
     Example:  facerank calibrate --store faces/ --far 0.01
     """
@@ -36,9 +39,22 @@ def calibrate(
                f"(asked {far:.2%}); accepts {result.tar:.1%} of same-person pairs "
                f"({result.same_pairs} same, {result.different_pairs} different pairs from the "
                f"{result.source})")
+    if result.unknown_threshold is None:
+        typer.echo("unknown: by the pair threshold until the gallery is indexed (two people or "
+                   "more); run `facerank index build`, then calibrate again")
+    else:
+        typer.echo(f"unknown beyond {result.unknown_threshold:.4f} from the nearest gallery "
+                   f"image: accepts {result.strangers_accepted:.2%} of {result.stranger_queries} "
+                   f"held-out photos searched with their own person left out (stand-in "
+                   f"strangers); names {_share(result.identified)} of those of gallery people "
+                   f"right ({result.gallery_images} gallery images)")
     report_skipped(result.skipped)
     if result.caveat:
         typer.echo(f"caveat: {result.caveat}")
+
+
+def _share(value: float | None) -> str:
+    return "none" if value is None else f"{value:.1%}"
 
 
 @handles_errors

@@ -117,7 +117,8 @@ class FaceAnswerJSON(_Shape):
 
 
 class PhotoAnswerJSON(_Shape):
-    """A photo's answer (``PhotoAnswer.to_json``), a face at a time, largest first."""
+    """A photo's answer (``PhotoAnswer.to_json``), a face at a time, largest first;
+    ``threshold`` is the store's unknown threshold (``FaceStore.unknown_threshold``)."""
     photo: str
     faces: list[FaceAnswerJSON]
     threshold: float | None
@@ -456,8 +457,8 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
 
         The answer is `PhotoAnswer.to_json()`, the line `facerank identify --json` prints for
         the photo (`photo` is the upload's file name). `unknown` is true when a face's nearest
-        gallery image lies beyond the store's calibrated threshold (`facerank calibrate`), null
-        when none is calibrated. A photo without a face gets `faces: []` where the store's face
+        gallery image lies beyond the store's calibrated unknown threshold (`facerank
+        calibrate`), null when none is calibrated. A photo without a face gets `faces: []` where the store's face
         step skips such photos, or one answer for the whole image (`face` null) where it uses
         the whole image (always so for a store without a face step). With an empty index (a
         store trained but not yet built) the people are still answered; `matches` are empty.

@@ -43,6 +43,35 @@ def test_strangers_are_rejected_more_often_at_a_stricter_threshold(store_copy):
     assert rejected[0.01] > 0 and rejected[0.01] >= rejected[0.2]
 
 
+def test_unknown_is_decided_on_the_nearest_gallery_image_by_a_threshold_of_its_own(store_copy):
+    """1:N: a stranger's nearest of 50 gallery images lies closer than a typical pair of two
+    people, so "unknown" gets a threshold calibrated on held-out photos searched in the gallery
+    with their own person left out, stricter than the pair threshold."""
+    store, gallery = store_copy
+    result = calibrate(store, far=0.05)
+    # The 15 held-out photos (3 of each of 5 people) are indexed too, as copies under another
+    # folder: each is left out of its own search, so none is named by itself.
+    assert (result.stranger_queries, result.gallery_images) == (15, 50)
+    assert result.strangers_accepted <= 0.05
+    assert 0 < result.identified <= 1
+    assert result.unknown_threshold < result.threshold
+    reopened = FaceStore.open(store.folder)
+    assert reopened.unknown_threshold == pytest.approx(result.unknown_threshold)
+    assert reopened.threshold == pytest.approx(result.threshold)  # verify's, unchanged
+    # Strangers (5 people never enrolled nor trained on): more are rejected by the 1:N
+    # threshold than the pair threshold would reject.
+    strangers = [str(p) for n in range(6, 11)
+                 for p in sorted((EXAMPLE_GALLERY / f"s{n}").glob("*.pgm"))]
+    answers = reopened.identify(strangers, k=1, every=False)
+    nearest = [faces[0].matches[0].distance for faces in answers]
+    assert [faces[0].unknown for faces in answers] == [d > result.unknown_threshold
+                                                       for d in nearest]
+    assert np.mean([d > result.unknown_threshold for d in nearest]) > np.mean(
+        [d > result.threshold for d in nearest])
+    answer = next(reopened.identify_each([strangers[0]]))
+    assert answer.threshold == pytest.approx(result.unknown_threshold)
+
+
 def test_calibration_is_dropped_when_the_model_changes(store_copy):
     store, _ = store_copy
     calibrate(store)
@@ -60,7 +89,10 @@ def test_verify_and_calibrate_commands(store_copy):
     assert result.exit_code == 0 and json.loads(result.stdout)["same"] is None
     result = runner.invoke(app, ["calibrate", "--store", str(store.folder), "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["threshold"] > 0
+    calibrated = json.loads(result.stdout)
+    assert calibrated["threshold"] > 0 and calibrated["unknown_threshold"] > 0
+    result = runner.invoke(app, ["calibrate", "--store", str(store.folder)])
+    assert result.exit_code == 0 and "unknown beyond" in result.stdout
     result = runner.invoke(app, ["verify", *same, "--store", str(store.folder)])
     assert result.exit_code == 0 and "same person" in result.stdout
     noise = gallery / "noise.png"

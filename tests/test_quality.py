@@ -189,6 +189,13 @@ def test_index_info_shows_the_threshold_and_its_false_accept_rate(own_store):
     assert info["threshold"] == pytest.approx(result.threshold) and info["threshold_far"] == 0.05
     shown = invoke("index", "info", "--store", own_store).stdout
     assert f"{result.threshold:.4f} (calibrated at a false-accept rate of 5%)" in shown
+    # Calibrated before the gallery was indexed: no strangers to stand in, so "unknown" is
+    # decided by the pair threshold, and both the calibration and `index info` say so.
+    assert result.unknown_threshold is None and info["unknown_threshold"] is None
+    assert FaceStore.open(own_store).unknown_threshold == pytest.approx(result.threshold)
+    assert "the pair threshold (calibrated before the gallery was indexed" in shown
+    assert "run `facerank index build`, then calibrate again" in invoke(
+        "calibrate", "--store", own_store, "--far", "0.05").stdout
 
 
 # -- weights errors --------------------------------------------------------------------------

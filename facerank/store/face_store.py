@@ -181,8 +181,15 @@ class FaceStore:
 
     @property
     def threshold(self) -> float | None:
-        """The calibrated same-person distance threshold, if any (see ``calibrate``)."""
+        """The calibrated same-person distance threshold for a pair (``verify``), if any (see
+        ``calibrate``)."""
         return _threshold(self.snapshot())
+
+    @property
+    def unknown_threshold(self) -> float | None:
+        """The distance beyond which a query's nearest gallery image names no one (1:N), if
+        calibrated; a calibration made before the gallery was indexed gives the pair threshold."""
+        return _unknown_threshold(self.snapshot())
 
     def info(self) -> dict:
         """What the store holds and how it answers (``facerank index info`` prints it).
@@ -213,6 +220,10 @@ class FaceStore:
             "threshold": _threshold(snapshot),
             # The false-accept rate the threshold was calibrated at (None: not calibrated).
             "threshold_far": _calibration(snapshot).get("far"),
+            # "unknown" beyond it: the nearest gallery image (1:N), calibrated on a gallery
+            # of calibrated_gallery_images (None: not calibrated, or before indexing).
+            "unknown_threshold": _calibration(snapshot).get("unknown_threshold"),
+            "calibrated_gallery_images": _calibration(snapshot).get("gallery_images"),
             "pending_changes": len(snapshot.delta) + len(snapshot.removed),
             "images_per_person": dict(sorted(counts.items())),
         }
@@ -306,7 +317,7 @@ class FaceStore:
         _check_count("k", k)
         _check_count("top_k", top_k)
         snapshot = self._queryable(empty_ok=True)
-        threshold = _threshold(snapshot)
+        threshold = _unknown_threshold(snapshot)
 
         def answer(batch):
             per_photo = [snapshot.faces.inputs(image, every=every) for _, image in batch]
@@ -339,7 +350,7 @@ class FaceStore:
         single, items = image_items(photos)  # one photo, or any iterable of them (as identify)
         total = 1 if single else (len(photos) if hasattr(photos, "__len__") else None)
         snapshot = self._queryable(empty_ok=True)
-        threshold = _threshold(snapshot)
+        threshold = _unknown_threshold(snapshot)
         chunk: list[ImageInput] = []
         with Progress(show_progress) as progress:
             task = progress.add("identifying", total)
@@ -436,13 +447,14 @@ class FaceStore:
         return self._search(snapshot, np.atleast_2d(vectors), k)
 
     def is_unknown(self, match: Match | None) -> bool | None:
-        """Whether a nearest match is too far to name anyone (None: no threshold calibrated).
+        """Whether a nearest match lies beyond ``unknown_threshold``, too far to name anyone
+        (None: no threshold calibrated).
 
         >>> match = store.closest("GALLERY/s1/1.pgm", k=1)[0]   # a gallery image finds itself
-        >>> print(store.threshold, store.is_unknown(match))     # not calibrated yet
+        >>> print(store.unknown_threshold, store.is_unknown(match))     # not calibrated yet
         None None
         """
-        return _is_unknown(self.threshold, match)
+        return _is_unknown(self.unknown_threshold, match)
 
     def _search(self, snapshot: Snapshot, vectors: np.ndarray, k: int) -> list[list[Match]]:
         distances, ids = snapshot.search(vectors, k)
@@ -607,7 +619,8 @@ class FaceStore:
             return writer.report.deduplicate()
 
     def set_calibration(self, calibration: dict) -> None:
-        """Store a verification threshold (see ``facerank.quality.calibrate``) for the current model.
+        """Store the thresholds of a calibration (see ``facerank.quality.calibrate``) for the
+        current model.
 
         >>> result = facerank.calibrate(store, save=False)      # calibrate(store) also stores it
         >>> store.set_calibration(result.to_json())
@@ -747,6 +760,12 @@ def _calibration(snapshot: Snapshot) -> dict:
 
 def _threshold(snapshot: Snapshot) -> float | None:
     return _calibration(snapshot).get("threshold")
+
+
+def _unknown_threshold(snapshot: Snapshot) -> float | None:
+    calibration = _calibration(snapshot)
+    unknown = calibration.get("unknown_threshold")
+    return calibration.get("threshold") if unknown is None else unknown
 
 
 def _is_unknown(threshold: float | None, match: Match | None) -> bool | None:

@@ -92,7 +92,8 @@ class FaceAnswer:
 @dataclass(frozen=True)
 class PhotoAnswer:
     """What one photo of a query got: an answer per face (largest first) and the threshold that
-    decided ``unknown``, or the error that stopped it (then ``faces`` is empty).
+    decided ``unknown`` (the store's ``unknown_threshold``), or the error that stopped it (then
+    ``faces`` is empty).
 
     The CLI's ``--json`` (a line per photo) and the REST API both answer with its ``to_json``, so
     the two cannot drift.
