@@ -104,7 +104,9 @@ def pretrained(corpus: Path, folder: Path, config, *, weights: str, min_photos: 
     history_file = folder / "history.json"
     if history_file.exists() and (folder / "base.json").exists():
         done = json.loads(history_file.read_text())
-        if (done["config"] == json.loads(json.dumps(config.__dict__))
+        # A field added to the recipe since the run was cached did what its default does.
+        cached = {**json.loads(json.dumps(type(config)().__dict__)), **done["config"]}
+        if (cached == json.loads(json.dumps(config.__dict__))
                 and done.get("min_photos", 2) == min_photos):
             return done
     if not (folder / "faces.sqlite").exists():

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from facerank.cli.app import app
@@ -88,6 +89,16 @@ def test_train_fine_tunes_a_base_with_its_face_step_and_input_size(base, gallery
     assert model.faces == base_config.faces
     assert model.weights_origin.startswith(f"base:{folder.name}@")
     assert model.head == "cosine"
+    # Batch norm trained with the base's statistics (frozen_bn) and kept them: the same
+    # normalisation in training as at query time.
+    from safetensors.torch import load_file
+
+    tuned, pretrained = load_file(store / model.weights_file), read_base(folder)[0]
+    statistics = [key for key in pretrained if key.endswith(("running_mean", "running_var"))]
+    assert len(statistics) == 2 * 53  # every batch-norm layer of a ResNet50
+    assert all(torch.equal(tuned[key], pretrained[key]) for key in statistics)
+    key = "layer4.2.conv3.weight"
+    assert not torch.equal(tuned[key], pretrained[key])  # while the backbone did train
 
     built = runner.invoke(app, ["index", "build", str(gallery), "--store", str(store), "--json"])
     assert built.exit_code == 0, built.output

@@ -125,12 +125,16 @@ def set_trainable(network: nn.Module, trainable: str) -> list[nn.Parameter]:
     return [p for p in network.parameters() if p.requires_grad]
 
 
-def _train_mode(network: nn.Module, trainable: str) -> None:
+def _train_mode(network: nn.Module, config: TrainConfig) -> None:
     network.train()
-    if trainable == "last_stage":
+    if config.trainable == "last_stage":
         # Frozen stages keep their batch-norm statistics, as a frozen Keras base model does.
         for name, module in network.named_children():
             if name not in ("layer4", "fc"):
+                module.eval()
+    if config.frozen_bn:
+        for module in network.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
 
 
@@ -282,7 +286,7 @@ def train_epoch(model: FaceModel, pixels: torch.Tensor, labels: torch.Tensor, or
     of all ranks; ``order`` is then this rank's share and ``config.batch_size`` its own batch.
     """
     network = model.network
-    _train_mode(network, config.trainable)
+    _train_mode(network, config)
     seen, loss_sum, correct = 0, 0.0, 0
     for start in range(0, len(order), config.batch_size):
         batch = order[start:start + config.batch_size]

@@ -10,7 +10,8 @@ The third, ``scratch``, is for random initialisation (no ImageNet weights to be 
 batch 32, 40 epochs, AdamW with a one-cycle schedule and bf16 autocast where the CPU has AMX.
 
 The fourth, ``finetune``, is for a face prior made by ``facerank pretrain`` (a *base*): a
-CosFace head at lr 2e-3, the backbone at a tenth of that, 15 epochs at the base's input size.
+CosFace head at lr 2e-3, the backbone at a tenth of that, 15 epochs at the base's input size,
+batch norm with the base's statistics.
 ``recipe(weights)`` picks it whenever the weights are a base, as ``scratch`` for ``none``.
 
 Every default lives here (the CLI reads them for its help text and passes ``None`` for "not
@@ -70,6 +71,11 @@ class TrainConfig:
     backbone_lr: float = 1.0        # the backbone's learning rate as a share of ``lr`` (the
                                     # head's): below 1 a pretrained face prior moves less than
                                     # the new head (see ``finetune``)
+    # Batch-norm layers normalise with the statistics the weights came with, as at query time,
+    # instead of each batch's own; their scale and shift still learn. Fine-tuning a face prior
+    # on a few hundred photos with batch statistics let a few photos' activations grow
+    # thousands of times over at query time, unseen in training (measured: see ``finetune``).
+    frozen_bn: bool = False
     bf16: bool | None = None        # bf16 autocast; None = where the CPU has native bf16 (AMX)
     test_fraction: float = 0.3      # stratified per person
     seed: int = 0
@@ -126,9 +132,13 @@ PRESETS: dict[str, TrainConfig] = {
     # From a facerank base (``facerank pretrain``): the new head learns at lr, the pretrained
     # backbone at a tenth of it, so a few hundred photos adjust the face prior without
     # overwriting it; a CosFace head like the base's own. The image size is the base's.
+    # Batch norm keeps the base's statistics: with batch statistics (batches of 32 from a few
+    # dozen people), 15 epochs on ORL left a few photos whose face prints, at query time, were
+    # thousands of times longer than the rest and all pointed one way, each the nearest
+    # "match" of strangers (benchmarks/face_prior.py's orl stage).
     "finetune": TrainConfig(preset="finetune", optimizer="adamw", lr=2e-3, weight_decay=0.05,
                             batch_size=32, epochs=15, schedule="onecycle", image_size=64,
-                            loss="cosface", backbone_lr=0.1, zoom=0.1),
+                            loss="cosface", backbone_lr=0.1, zoom=0.1, frozen_bn=True),
 }
 
 
