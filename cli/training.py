@@ -50,6 +50,9 @@ def train(
     keep: Optional[str] = typer.Option(None, help="Save the last epoch (the default), or best: "
                                        "the epoch with the best held-out accuracy (that accuracy "
                                        "is then optimistic)."),
+    frozen_bn: Optional[bool] = typer.Option(
+        None, "--frozen-bn/--batch-bn", help="Batch norm: keep the starting weights' statistics "
+        "while training (finetune's default) or learn from each batch (the other presets')."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its checkpoint."),
     cached_features: bool = typer.Option(
         False, "--cached-features", help="freeze preset only: run the frozen layers once per "
@@ -97,7 +100,7 @@ def train(
                     batch_size=batch_size, feature_views=feature_views, loss=loss, margin=margin,
                     shear=shear, zoom=zoom, crop=crop, test_fraction=test_fraction, seed=seed,
                     cached_features=cached_features or None, balanced=balanced or None,
-                    keep=keep)
+                    keep=keep, frozen_bn=frozen_bn)
     name = config.preset
     folder = store_path(store)
     options = dict(resume=resume, faces=faces, face_model=face_model, no_face=no_face,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import shutil
 import subprocess
 import sys
@@ -65,10 +66,12 @@ def test_index_query_classify_evaluate_info(tmp_path, trained, gallery):
 def test_train_command(tmp_path, gallery):
     store = tmp_path / "trained"
     result = invoke("train", gallery, "--store", store, "--weights", "none", "--epochs", "1",
-                    "--image-size", "32", "--json")
+                    "--image-size", "32", "--frozen-bn", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["preset"] == "scratch"
     assert (store / "model.json").exists()
+    recipe = json.loads(Path(json.loads(result.stdout)["history_path"]).read_text())["config"]
+    assert recipe["frozen_bn"] is True  # the flag reached the recipe (scratch's own is False)
 
 
 @pytest.mark.parametrize("args,message", [

@@ -170,6 +170,8 @@ def test_finetune_recipe_is_picked_for_a_base_and_trains_the_backbone_slower(bas
     config = recipe(str(base[0]))
     assert (config.preset, config.image_size, config.backbone_lr) == ("finetune", 32, 0.1)
     assert recipe(str(base[0]), "scratch", epochs=5).preset == "scratch"  # overridable
+    assert config.frozen_bn and not recipe(str(base[0]), frozen_bn=False).frozen_bn
+    assert not recipe("none").frozen_bn  # from random initialisation the statistics must learn
     assert recipe("none").preset == "scratch"
     # A margin loss asked of a softmax preset gets the margin it needs.
     assert preset("sgd", loss="cosface").margin == 0.2
