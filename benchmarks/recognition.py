@@ -421,8 +421,8 @@ def unknown_calibration_words(calibration: dict) -> str:
             f"false accepts on the enrolled people's {calibration['stranger_queries']} held-out "
             "photos, each searched in the gallery with its own person left out (measured there: "
             f"{100 * calibration['strangers_accepted']:.1f}% of those stand-in strangers "
-            f"accepted, {100 * calibration['identified']:.1f}% of the photos named right within "
-            "it).")
+            f"accepted, {100 * (calibration['identified'] or 0):.1f}% of the photos named right "
+            "within it). The stand-ins were trained on; the strangers below never were.")
 
 
 def cell_orl_unknown(seed: int, work: Path) -> dict:

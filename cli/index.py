@@ -243,7 +243,8 @@ def info(store: Optional[Path] = StoreOption, as_json: bool = JsonOption):
         f"{info['threshold_far'] * 100:g}%)"))
     if info["threshold"] is not None:
         typer.echo(f"{'unknown_threshold':>22}: " + (
-            "the pair threshold (calibrated before the gallery was indexed; calibrate again)"
+            "the pair threshold (no indexed gallery was searched when it was calibrated; "
+            "calibrate again)"
             if info["unknown_threshold"] is None else
             f"{info['unknown_threshold']:.4f} from the nearest gallery image (calibrated on "
             f"{info['calibrated_gallery_images']} gallery images)"))

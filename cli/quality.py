@@ -40,21 +40,20 @@ def calibrate(
                f"({result.same_pairs} same, {result.different_pairs} different pairs from the "
                f"{result.source})")
     if result.unknown_threshold is None:
-        typer.echo("unknown: by the pair threshold until the gallery is indexed (two people or "
-                   "more); run `facerank index build`, then calibrate again")
+        typer.echo("unknown: by the pair threshold, as no indexed gallery of two people or more "
+                   "was there to search; run `facerank index build`, then calibrate again")
     else:
+        named = ("none of the held-out photos is of a gallery person" if result.identified is None
+                 else f"names {result.identified:.1%} of the held-out photos of gallery people "
+                 "right")
         typer.echo(f"unknown beyond {result.unknown_threshold:.4f} from the nearest gallery "
                    f"image: accepts {result.strangers_accepted:.2%} of {result.stranger_queries} "
                    f"held-out photos searched with their own person left out (stand-in "
-                   f"strangers); names {_share(result.identified)} of those of gallery people "
-                   f"right ({result.gallery_images} gallery images)")
+                   f"strangers); {named} ({result.gallery_images} gallery images)")
+        typer.echo(f"note: {result.unknown_caveat}")
     report_skipped(result.skipped)
     if result.caveat:
         typer.echo(f"caveat: {result.caveat}")
-
-
-def _share(value: float | None) -> str:
-    return "none" if value is None else f"{value:.1%}"
 
 
 @handles_errors

@@ -124,7 +124,8 @@ def demo(
     predictions = answer.people
     evaluation = run_evaluation(opened)
     if as_json:
-        emit_json({**PhotoAnswer(photo=photo, faces=[answer], threshold=opened.threshold).to_json(),
+        emit_json({**PhotoAnswer(photo=photo, faces=[answer],
+                               threshold=opened.unknown_threshold).to_json(),
                    "truth": truth, "train": trained.to_json(), "evaluation": evaluation.to_json()})
         return
     print_people(photo, [p.to_json() for p in predictions])

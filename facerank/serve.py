@@ -458,9 +458,10 @@ def create_app(stores: Sequence[str | Path] | dict[str, str | Path], *, token: s
         The answer is `PhotoAnswer.to_json()`, the line `facerank identify --json` prints for
         the photo (`photo` is the upload's file name). `unknown` is true when a face's nearest
         gallery image lies beyond the store's calibrated unknown threshold (`facerank
-        calibrate`), null when none is calibrated. A photo without a face gets `faces: []` where the store's face
-        step skips such photos, or one answer for the whole image (`face` null) where it uses
-        the whole image (always so for a store without a face step). With an empty index (a
+        calibrate`), null when none is calibrated. A photo without a face gets `faces: []`
+        where the store's face step skips such photos, or one answer for the whole image
+        (`face` null) where it uses the whole image (always so for a store without a face
+        step). With an empty index (a
         store trained but not yet built) the people are still answered; `matches` are empty.
         """
         image = await read_photo(photo)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,6 +71,23 @@ def test_unknown_is_decided_on_the_nearest_gallery_image_by_a_threshold_of_its_o
         [d > result.threshold for d in nearest])
     answer = next(reopened.identify_each([strangers[0]]))
     assert answer.threshold == pytest.approx(result.unknown_threshold)
+
+
+def test_a_held_out_photo_indexed_as_another_person_is_not_its_own_stranger(store_copy):
+    """A copy of a held-out photo filed under another person (a mislabel) would be its nearest
+    "stranger" at distance ~0 and pull the unknown threshold to nothing; copies are recognised
+    by their bytes, whatever their path, name or float32 search distance."""
+    store, gallery = store_copy
+    split = json.loads((store.folder / "train" / "split.json").read_text())
+    held_out, person = split["test"][0]
+    mislabelled = gallery / "s5" / "copy_of_held_out.pgm"
+    assert person != "s5"
+    mislabelled.write_bytes(Path(held_out).read_bytes())
+    store.add([mislabelled], person="s5")
+    result = calibrate(store, far=0.05, save=False)
+    # 15 stand-ins at 5%: the threshold sits just under the closest real stranger.
+    assert result.unknown_threshold > 0.05
+    assert "15 stand-ins cannot measure a rate of 0.05" in result.unknown_caveat
 
 
 def test_calibration_is_dropped_when_the_model_changes(store_copy):

@@ -109,6 +109,34 @@ def test_train_fine_tunes_a_base_with_its_face_step_and_input_size(base, gallery
     assert Path(closest["path"]).name == photo.name and closest["person"] == "s3"
 
 
+def test_batch_bn_fine_tunes_a_base_on_each_batch_s_statistics(base, gallery, tmp_path):
+    folder, _ = base
+    store = tmp_path / "store"
+    trained = CliRunner().invoke(app, ["train", str(gallery), "--store", str(store), "--weights",
+                                       str(folder), "--epochs", "1", "--batch-bn", "--json"])
+    assert trained.exit_code == 0, trained.output
+    recipe_used = json.loads(Path(json.loads(trained.stdout)["history_path"]).read_text())
+    assert recipe_used["config"]["frozen_bn"] is False
+    from safetensors.torch import load_file
+
+    tuned = load_file(store / read_config(store).weights_file)
+    key = "layer1.0.bn1.running_var"
+    assert not torch.equal(tuned[key], read_base(folder)[0][key])  # learnt from the batches
+
+
+def test_a_checkpoint_from_before_a_new_recipe_field_resumes_as_its_default():
+    from dataclasses import asdict
+
+    from facerank.training.loop import _same_run
+
+    config = asdict(preset("finetune", frozen_bn=False))
+    older = json.dumps({"people": ["a", "b"], "config": {k: v for k, v in config.items()
+                                                         if k != "frozen_bn"}})
+    assert _same_run(older, json.dumps({"people": ["a", "b"], "config": config}))
+    frozen = {**config, "frozen_bn": True}  # the older run learnt batch statistics: not this one
+    assert not _same_run(older, json.dumps({"people": ["a", "b"], "config": frozen}))
+
+
 def test_a_resumed_pretrain_continues_from_its_checkpoint(base, corpus, tmp_path):
     config = pretrain_recipe(**SMALL)
 

@@ -25,14 +25,15 @@ store's model the same way before trusting its neighbours).
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 
 from facerank.errors import ImageError, StoreError, UsageError
 from facerank.faces.cache import read_file_input
 from facerank.data.gallery import read_split
+from facerank.store.results import file_sha256
 
 #: Pairwise distances grow as n²; beyond this many images a seeded sample is used.
 MAX_IMAGES = 3000
@@ -61,15 +62,18 @@ class Calibration:
     unknown_threshold: float | None = None  # unknown when the nearest gallery image is farther
     strangers_accepted: float | None = None  # of the stand-in strangers, accepted at it
     identified: float | None = None   # of held-out photos of gallery people: accepted, named right
-    stranger_queries: int = 0         # held-out images searched with their own person left out
-    gallery_images: int = 0           # the indexed gallery they were searched in
+    stranger_queries: int | None = None  # held-out images searched, own person left out
+    gallery_images: int | None = None    # the indexed gallery they were searched in
+    unknown_caveat: str | None = None    # what the unknown threshold's rate rests on
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-def calibrate(store, *, far: float = 0.01, save: bool = True) -> Calibration:
-    """Choose the verification threshold of ``store`` at false-accept rate ``far``.
+def calibrate(store, *, far: float = 0.01, save: bool = True, unknown: bool = True
+              ) -> Calibration:
+    """Choose the thresholds of ``store`` at false-accept rate ``far``: for pairs (``verify``)
+    and, with ``unknown`` and an indexed gallery, for "unknown" answers (see the module).
 
     >>> result = facerank.calibrate(store, far=0.01, save=False)  # save=True (default) keeps it
     >>> result.threshold > 0, 0 <= result.tar <= 1   # result.caveat: None, or why to doubt it
@@ -105,8 +109,9 @@ def calibrate(store, *, far: float = 0.01, save: bool = True) -> Calibration:
                if source == "held-out split" else "index more images with `facerank index add`")
         raise StoreError(f"{store.folder}: cannot calibrate on its {source}: {error}{unread}; "
                          f"{fix}") from None
-    result = replace(result, **unknown_calibration(store, vectors, people,
-                                                   [str(path) for path in paths], far=far))
+    if unknown:
+        result = replace(result, **_unknown_calibration(store, vectors, people,
+                                                        [str(path) for path in paths], far=far))
     if save:
         store.set_calibration({k: v for k, v in result.to_json().items() if k != "skipped"})
     return result
@@ -145,54 +150,80 @@ def calibrate_vectors(vectors: np.ndarray, people, *, far: float = 0.01, source:
                        source=source, skipped=list(skipped), caveat=weak_model_caveat(tar, far))
 
 
-def unknown_calibration(store, vectors: np.ndarray, people, paths, *, far: float = 0.01) -> dict:
+def _unknown_calibration(store, vectors: np.ndarray, people: list[str], paths: list[str], *,
+                         far: float) -> dict:
     """The 1:N fields of a ``Calibration``: each of ``vectors`` (held-out images of ``people``,
     read from ``paths``) searched in ``store``'s indexed gallery with its own person left out.
-    Empty where the gallery is not indexed (or indexed by another model) or holds one person.
-
-    >>> paths = sorted(str(p) for p in Path("GALLERY").rglob("*.pgm"))
-    >>> people = [Path(p).parent.name for p in paths]
-    >>> fields = unknown_calibration(store, store.embed(paths), people, paths)
-    >>> fields["stranger_queries"] == len(paths), 0 <= fields["identified"] <= 1
-    (True, True)
-    """
+    Empty where the gallery is not indexed (or indexed by another model) or holds one person."""
     try:
-        counts = store.info()["images_per_person"]
-        if len(counts) < 2 or len(vectors) == 0:
+        snapshot_count = len(store)
+        if snapshot_count == 0 or len(vectors) == 0:
             return {}
-        total = sum(counts.values())
-        # Enough neighbours that one of another person is among them, plus the image itself
-        # where the held-out images are the indexed ones.
-        k = min(total, max(counts.get(person, 0) for person in people) + 2, MAX_NEIGHBOURS)
-        found = store.search_vectors(vectors, k=k)
+        records = store.records
+        counts = Counter(record.person for record in records)
+        if len(counts) < 2:
+            return {}
+        # The gallery's copies of each held-out file (same bytes, any path): not its neighbours.
+        ids_by_content = defaultdict(set)
+        for record in records:
+            ids_by_content[record.sha256].add(record.id)
+        own_copies = [ids_by_content.get(file_sha256(path), set()) for path in paths]
+        by_person = defaultdict(list)
+        for row, person in enumerate(people):
+            by_person[person].append(row)
+        found: list = [None] * len(people)
+        for person, rows in by_person.items():
+            # Enough neighbours that one of another person is among them, copies aside.
+            k = min(len(records), counts.get(person, 0) + max(len(own_copies[r]) for r in rows)
+                    + 1)
+            for row, matches in zip(rows, store.search_vectors(vectors[rows], k=k)):
+                found[row] = matches
     except StoreError:  # not indexed yet, or indexed by another model
         return {}
-    strangers, enrolled_nearest = [], []
-    for person, path, matches in zip(people, paths, found):
-        # Not the held-out image itself, where the gallery indexed it too (by path, or as a
-        # byte-identical copy: the same person at distance 0).
-        others = [m for m in matches
-                  if not (_same_file(m.path, path) or (m.person == person and m.distance < 1e-6))]
+    strangers, enrolled_nearest, unreached = [], [], 0
+    for person, copies, matches in zip(people, own_copies, found):
+        others = [m for m in matches if m.id not in copies]
         nearest_stranger = next((m.distance for m in others if m.person != person), None)
         if nearest_stranger is None:
-            if len(matches) == total:
-                continue  # the whole gallery is this person: no stranger to stand in
-            nearest_stranger = matches[-1].distance  # all in reach were this person's
+            unreached += 1  # an approximate index gave too few neighbours: not counted
+            continue
         strangers.append(nearest_stranger)
-        if counts.get(person, 0) > len(matches) - len(others):  # enrolled besides this image
-            enrolled_nearest.append((person, others[0] if others else None))
+        if counts.get(person, 0) > len(copies):  # enrolled besides this very photo
+            enrolled_nearest.append((person, others[0]))
     if not strangers:
         return {}
     strangers_sorted = np.sort(np.asarray(strangers))
     threshold = _threshold_at(strangers_sorted, far)
-    # An enrolled person's photo counts as identified when its nearest gallery image is theirs
-    # (others[0] is, when its person matches) and lies within the threshold.
-    named = [nearest is not None and nearest.person == person and nearest.distance <= threshold
+    # An enrolled person's photo counts as identified when its nearest gallery image (copies of
+    # itself aside) is theirs and lies within the threshold.
+    named = [nearest.person == person and nearest.distance <= threshold
              for person, nearest in enrolled_nearest]
     return {"unknown_threshold": threshold,
             "strangers_accepted": float(np.mean(strangers_sorted <= threshold)),
             "identified": float(np.mean(named)) if named else None,
-            "stranger_queries": len(strangers), "gallery_images": total}
+            "stranger_queries": len(strangers), "gallery_images": len(records),
+            "unknown_caveat": unknown_caveat(len(strangers), far, unreached)}
+
+
+def unknown_caveat(stand_ins: int, far: float, unreached: int = 0) -> str:
+    """What the unknown threshold's false-accept rate rests on, in words (always said: the
+    stand-in strangers are people the model was trained on).
+
+    >>> unknown_caveat(84, 0.01)
+    'the stand-in strangers are held-out photos of people the model was trained on, ...'
+    """
+    words = ("the stand-in strangers are held-out photos of people the model was trained on, "
+             "whom training pushed apart: people it never saw lie closer to the gallery, so "
+             "more of them than the asked rate are accepted (ORL, 28 people enrolled: 24% "
+             "accepted at an asked 1%); to bound it, calibrate on photos of people never "
+             "trained on")
+    if stand_ins * far < 1:
+        words += (f"; {stand_ins} stand-ins cannot measure a rate of {far:g}, so the threshold "
+                  "sits just under the closest one")
+    if unreached:
+        words += (f"; {unreached} held-out photos found no other person among their neighbours "
+                  "in the (approximate) index and were left out")
+    return words
 
 
 def weak_model_caveat(tar: float, far: float) -> str | None:
@@ -216,10 +247,6 @@ def _threshold_at(different_sorted: np.ndarray, far: float) -> float:
         return float(np.nextafter(different_sorted[0], 0.0))
     # Halfway between the last accepted and the first refused pair: the margin both ways.
     return float((different_sorted[accepted - 1] + different_sorted[accepted]) / 2)
-
-
-def _same_file(a: str, b: str) -> bool:
-    return a == b or Path(a).resolve() == Path(b).resolve()
 
 
 def _pairs_source(store) -> tuple[list[tuple[str, str]], str]:

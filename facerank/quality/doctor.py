@@ -165,7 +165,7 @@ def _check_model(report: DoctorReport, store) -> None:
     from facerank.quality.calibrate import calibrate
 
     try:
-        check = calibrate(store, far=MODEL_CHECK_FAR, save=False)
+        check = calibrate(store, far=MODEL_CHECK_FAR, save=False, unknown=False)
     except StoreError as error:
         report.model_check = {"error": str(error)}
         report.caveat = ("the store's model could not be measured, so its likely mislabels are "

@@ -221,7 +221,7 @@ class FaceStore:
             # The false-accept rate the threshold was calibrated at (None: not calibrated).
             "threshold_far": _calibration(snapshot).get("far"),
             # "unknown" beyond it: the nearest gallery image (1:N), calibrated on a gallery
-            # of calibrated_gallery_images (None: not calibrated, or before indexing).
+            # of calibrated_gallery_images (None: not calibrated, or without a gallery).
             "unknown_threshold": _calibration(snapshot).get("unknown_threshold"),
             "calibrated_gallery_images": _calibration(snapshot).get("gallery_images"),
             "pending_changes": len(snapshot.delta) + len(snapshot.removed),

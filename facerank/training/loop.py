@@ -352,6 +352,10 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
     (1, True)
     """
     config = config or recipe(weights)
+    if config.frozen_bn and weights == "none":
+        raise UsageError("frozen_bn keeps the starting weights' batch-norm statistics, and "
+                         "random initialisation has none to keep (mean 0, variance 1): train "
+                         "with batch statistics (--batch-bn) from weights none")
     if workers > 1:
         _check_data_parallel(config, rank, workers)
     lead = rank == 0  # the one rank that scores the held-out split and writes the store
@@ -586,7 +590,7 @@ def restore_checkpoint(path: Path, meta: str, network: nn.Module, optimizer, sch
     """Put a checkpoint's weights, optimizer, schedule and random state back into a run, and
     return it (its epoch, history...). One made by another run (``meta`` differs) is refused."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if checkpoint["meta"] != meta:
+    if not _same_run(checkpoint["meta"], meta):
         raise StoreMismatchError(f"{path} was made with other people or another recipe; "
                                  f"{command} without --resume to start afresh")
     network.load_state_dict(checkpoint["model"])
@@ -594,6 +598,16 @@ def restore_checkpoint(path: Path, meta: str, network: nn.Module, optimizer, sch
     schedule.load_state_dict(checkpoint["schedule"])
     torch.set_rng_state(checkpoint["rng"])
     return checkpoint
+
+
+def _same_run(saved_meta: str, meta: str) -> bool:
+    """Whether a checkpoint's meta is this run's. A recipe field added since the checkpoint was
+    written counts as at its default, which is what the older run did."""
+    saved, current = json.loads(saved_meta), json.loads(meta)
+    defaults = json.loads(json.dumps(asdict(TrainConfig())))
+    saved["config"] = {**{key: value for key, value in defaults.items()
+                          if key not in saved["config"]}, **saved["config"]}
+    return saved == current
 
 
 def save_checkpoint(path: Path, checkpoint: dict) -> None:
