@@ -247,12 +247,14 @@ def stage_lfw_158(work: Path, epochs: int, image_size: int | None) -> dict:
         "last_epoch": done["history"][-1], "corpus": "LFW people with 2-9 photos"}}
 
 
-def stage_orl(work: Path) -> dict:
+def stage_orl(work: Path, **overrides) -> dict:
+    """ORL's 40 people, and its unknown-people protocol, fine-tuned from the base (``overrides``:
+    recipe fields, as ``finetune_bn.py`` asks for)."""
     from facerank.quality.calibrate import calibrate
     from facerank.store import FaceStore
 
     out = {}
-    trained = from_base(rec.DATA / "orl", work / "orl-store")
+    trained = from_base(rec.DATA / "orl", work / "orl-store", **overrides)
     out["identification"] = scored(work / "orl-store", trained)
     # Unknown people, as recognition.py's orl-unknown cell: 70% enrolled, the rest strangers.
     people = sorted(p.name for p in (rec.DATA / "orl").iterdir() if p.is_dir())
@@ -260,7 +262,7 @@ def stage_orl(work: Path) -> dict:
     strangers = sorted(rng.choice(people, round(len(people) * rec.UNKNOWN_SHARE), replace=False))
     enrolled = [p for p in people if p not in strangers]
     gallery = rec.linked_gallery(enrolled, rec.DATA / "orl", work / "enrolled")
-    from_base(gallery, work / "unknown-store")
+    from_base(gallery, work / "unknown-store", **overrides)
     store = FaceStore.open(work / "unknown-store")
     split = json.loads((work / "unknown-store" / "train" / "split.json").read_text())
     store.add([path for path, _ in split["train"]], person=[who for _, who in split["train"]])

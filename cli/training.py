@@ -249,4 +249,4 @@ def precision(
     typer.echo(f"precision {config.precision}" + (f" (was {before})" if changed else ""))
     if changed:
         typer.echo("next: `facerank index build GALLERY` re-embeds the gallery, then "
-                   "`facerank calibrate` sets the unknown-face threshold again", err=True)
+                   "`facerank calibrate` sets the thresholds again", err=True)
