@@ -135,7 +135,7 @@ PRESETS: dict[str, TrainConfig] = {
     # Batch norm keeps the base's statistics: with batch statistics (batches of 32 from a few
     # dozen people), 15 epochs on ORL left a few photos whose face prints, at query time, were
     # thousands of times longer than the rest and all pointed one way, each the nearest
-    # "match" of strangers (benchmarks/face_prior.py's orl stage).
+    # "match" of strangers (benchmarks/finetune_bn.py).
     "finetune": TrainConfig(preset="finetune", optimizer="adamw", lr=2e-3, weight_decay=0.05,
                             batch_size=32, epochs=15, schedule="onecycle", image_size=64,
                             loss="cosface", backbone_lr=0.1, zoom=0.1, frozen_bn=True),
