@@ -198,15 +198,20 @@ def _unknown_calibration(store, vectors: np.ndarray, people: list[str], paths: l
             "strangers_accepted": float(np.mean(strangers_sorted <= threshold)),
             "identified": float(np.mean(named)) if named else None,
             "stranger_queries": len(strangers), "gallery_images": len(records),
-            "unknown_caveat": unknown_caveat(len(strangers), far, unreached)}
+            "unknown_caveat": unknown_caveat(len(strangers), far, unreached,
+                                             identified=np.mean(named) if named else None)}
 
 
-def unknown_caveat(stand_ins: int, far: float, unreached: int = 0) -> str:
+def unknown_caveat(stand_ins: int, far: float, unreached: int = 0, *,
+                   identified: float | None = None) -> str:
     """What the unknown threshold's false-accept rate rests on, in words (always said: the
-    stand-in strangers are people the model was trained on).
+    stand-in strangers are people the model was trained on), and what it costs where it names
+    fewer than ``WEAK_TAR`` of the gallery people's held-out photos right.
 
     >>> unknown_caveat(84, 0.01)
     'the stand-in strangers are held-out photos of people the model was trained on, ...'
+    >>> "most true matches" in unknown_caveat(84, 0.01, identified=0.05)
+    True
     """
     words = ("the stand-in strangers are held-out photos of people the model was trained on, "
              "whom training pushed apart: people it never saw lie closer to the gallery, so "
@@ -219,6 +224,12 @@ def unknown_caveat(stand_ins: int, far: float, unreached: int = 0) -> str:
     if unreached:
         words += (f"; {unreached} held-out photos found no other person among their neighbours "
                   "in the (approximate) index and were left out")
+    if identified is not None and identified < WEAK_TAR:
+        words += (f"; it names only {identified:.0%} of the gallery people's held-out photos "
+                  "right, so most true matches would be answered unknown: a few gallery photos "
+                  "lie nearest to everyone (a network trained from scratch with batch "
+                  "statistics can blow some face prints up at query time); fine-tuning from a "
+                  "face base (`facerank pretrain`, then `train --weights BASE`) avoids it")
     return words
 
 
