@@ -100,13 +100,12 @@ def pretrained(corpus: Path, folder: Path, config, *, weights: str, min_photos: 
     same recipe is cached (a stopped one of the same recipe resumes; of another, starts afresh)."""
     from facerank.errors import StoreMismatchError
     from facerank.training.pretrain import pretrain
+    from facerank.training.recipes import with_new_fields
 
     history_file = folder / "history.json"
     if history_file.exists() and (folder / "base.json").exists():
         done = json.loads(history_file.read_text())
-        # A field added to the recipe since the run was cached did what its default does.
-        cached = {**json.loads(json.dumps(type(config)().__dict__)), **done["config"]}
-        if (cached == json.loads(json.dumps(config.__dict__))
+        if (with_new_fields(done["config"]) == json.loads(json.dumps(config.__dict__))
                 and done.get("min_photos", 2) == min_photos):
             return done
     if not (folder / "faces.sqlite").exists():

@@ -38,7 +38,7 @@ from facerank.training.augmentation import FaceCounts, augment, decode_images
 from facerank.training.losses import margin_logits
 from facerank.training.memory import malloc_keeps_freed_memory
 from facerank.training.plots import plot_history
-from facerank.training.recipes import TrainConfig, recipe
+from facerank.training.recipes import TrainConfig, recipe, with_new_fields
 
 # A training run's files, in ``store/TRAIN_FOLDER`` (pretraining: in its ``out`` folder).
 HISTORY_FILE = "history.json"    # the recipe, the TrainResult and one row per epoch
@@ -604,9 +604,7 @@ def _same_run(saved_meta: str, meta: str) -> bool:
     """Whether a checkpoint's meta is this run's. A recipe field added since the checkpoint was
     written counts as at its default, which is what the older run did."""
     saved, current = json.loads(saved_meta), json.loads(meta)
-    defaults = json.loads(json.dumps(asdict(TrainConfig())))
-    saved["config"] = {**{key: value for key, value in defaults.items()
-                          if key not in saved["config"]}, **saved["config"]}
+    saved["config"] = with_new_fields(saved["config"])
     return saved == current
 
 

@@ -25,7 +25,8 @@ True
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import json
+from dataclasses import asdict, dataclass, replace
 
 from facerank.errors import UsageError
 
@@ -208,6 +209,17 @@ PRETRAIN = TrainConfig(preset="pretrain", optimizer="adamw", lr=2e-3, weight_dec
                        batch_size=64, epochs=20, schedule="onecycle", image_size=64,
                        loss="cosface", margin=PRETRAIN_MARGINS["cosface"], scale=30.0,
                        balanced=True, zoom=0.1, colour=0.2, greyscale=0.2, test_fraction=0.05)
+
+
+def with_new_fields(saved: dict) -> dict:
+    """A recipe saved earlier (``asdict`` of a ``TrainConfig``, through JSON), with any field
+    added since at its default: what the older run did.
+
+    >>> with_new_fields({"epochs": 3})["frozen_bn"]
+    False
+    """
+    defaults = json.loads(json.dumps(asdict(TrainConfig())))  # as JSON gives them back
+    return {**defaults, **saved}
 
 
 def pretrain_recipe(**overrides) -> TrainConfig:
