@@ -61,8 +61,8 @@ def machine() -> str:
 
 # -- stages --------------------------------------------------------------------------------------
 
-def base_of_round(number: int) -> Path:
-    return CACHE / ("base" if number == 1 else f"base-round{number}")
+def base_of_round(number: int, name: str = "base") -> Path:
+    return CACHE / (name if number == 1 else f"{name}-round{number}")
 
 
 BASE = base_of_round(1)  # the base the later stages use: main() sets the last round's
@@ -80,18 +80,19 @@ def stage_base(epochs: int, rounds: int, min_photos: int, image_size: int) -> di
 
 
 def pretrain_round(corpus: Path, number: int, epochs: int, min_photos: int,
-                   image_size: int) -> dict:
+                   image_size: int, name: str = "base") -> dict:
     from facerank.training.pretrain import pretrain_recipe
 
-    folder = base_of_round(number)
-    weights = "none" if number == 1 else str(base_of_round(number - 1))
-    earlier = base_of_round(number - 1) / "faces.sqlite"
+    folder = base_of_round(number, name)
+    weights = "none" if number == 1 else str(base_of_round(number - 1, name))
+    earlier = base_of_round(number - 1, name) / "faces.sqlite"
     if number > 1 and earlier.exists() and not (folder / "faces.sqlite").exists():
         folder.mkdir(parents=True, exist_ok=True)  # the same corpus: every photo already searched
         shutil.copyfile(earlier, folder / "faces.sqlite")
     done = pretrained(corpus, folder, pretrain_recipe(epochs=epochs, image_size=image_size),
                       weights=weights, min_photos=min_photos)
-    shutil.copyfile(folder / "curves.png", PLOTS / f"pretrain-round{number}-curves.png")
+    plot = f"pretrain-round{number}-curves.png" if name == "base" else f"{name}-round{number}.png"
+    shutil.copyfile(folder / "curves.png", PLOTS / plot)
     return done | {"weights": weights}
 
 
@@ -216,12 +217,12 @@ def stage_lfw_identification(work: Path, previous: dict) -> dict:
     return out
 
 
-def stage_lfw_158(work: Path, epochs: int, image_size: int | None) -> dict:
+def stage_lfw_158(work: Path, epochs: int, rounds: int, image_size: int | None) -> dict:
     """The recognition benchmark's LFW identification split (the 158 people with >= 10 photos,
     70/30, seed 0), fine-tuned from a prior pretrained, from random initialisation, on the
-    *other* LFW people (those with 2-9 photos): none of the 158 is in its corpus."""
+    *other* LFW people (those with 2-9 photos): none of the 158 is in its corpus. ``rounds`` as
+    the ``base`` stage's, each from the round before."""
     from facerank.training.loop import train
-    from facerank.training.pretrain import pretrain_recipe
     from facerank.training.recipes import recipe
 
     scored_people = set(rec.lfw_identification_people())
@@ -229,9 +230,9 @@ def stage_lfw_158(work: Path, epochs: int, image_size: int | None) -> dict:
     others = sorted(p.name for p in root.iterdir()
                     if p.name not in scored_people and len(list(p.iterdir())) >= 2)
     corpus = rec.linked_gallery(others, root, CACHE / "corpus-not-158")
-    folder = CACHE / "base-not-158"
-    done = pretrained(corpus, folder, pretrain_recipe(epochs=epochs, image_size=image_size),
-                      weights="none")
+    done = [pretrain_round(corpus, number, epochs, 2, image_size, name="base-not-158")
+            for number in range(1, rounds + 1)]
+    folder = base_of_round(rounds, "base-not-158")
     gallery, split = rec.lfw_identification_split()
     store = work / "store"
     rec.seed_detections(store)
@@ -239,11 +240,14 @@ def stage_lfw_158(work: Path, epochs: int, image_size: int | None) -> dict:
     out = scored(store, trained)
     assert out["test_images"] == len(split.test), "not the recognition benchmark's split"
     shutil.copyfile(store / "train" / "curves.png", PLOTS / "lfw-158-from-prior-curves.png")
-    seconds = [row["seconds"] for row in done["history"]]
+    seconds = [row["seconds"] for each in done for row in each["history"]]
     return {"fine_tuned": out, "prior": {
-        "people": done["people"], "images": done["images"], "config": done["config"],
-        "seconds": done["seconds"], "median_epoch_seconds": float(np.median(seconds)),
-        "last_epoch": done["history"][-1], "corpus": "LFW people with 2-9 photos"}}
+        "people": done[-1]["people"], "images": done[-1]["images"],
+        "config": done[-1]["config"], "rounds": rounds,
+        "seconds": sum(each["seconds"] for each in done),
+        "median_epoch_seconds": float(np.median(seconds)),
+        "last_epoch": done[-1]["history"][-1], "corpus": "LFW people with 2-9 photos",
+        "folder": str(folder.relative_to(HERE.parent))}}
 
 
 def stage_orl(work: Path, **overrides) -> dict:
@@ -380,7 +384,9 @@ def report(results: dict) -> str:
                   "prior on the other LFW people", "",
                   f"Prior: `facerank pretrain --weights none` on the {prior['people']} LFW people "
                   f"with 2-9 photos ({prior['images']} photos; none of the 158 is among them), "
-                  f"{prior['config']['image_size']} px, {prior['config']['epochs']} epochs, "
+                  f"{prior['config']['image_size']} px, "
+                  + (f"{prior.get('rounds', 1)} rounds of " if prior.get("rounds", 1) > 1 else "")
+                  + f"{prior['config']['epochs']} epochs, "
                   f"{prior['median_epoch_seconds']:.0f} s per epoch (median), "
                   f"{prior['seconds'] / 60:.0f} min in all; then `facerank train --weights` "
                   "(`finetune`) on the 158 people's 70% and scored on their 30% "
@@ -450,7 +456,7 @@ def main() -> None:
                               stage_lfw_pairs() if stage == "lfw-pairs" else
                               stage_lfw_identification(work, previous)
                               if stage == "lfw-identification" else
-                              stage_lfw_158(work, args.epochs, args.image_size)
+                              stage_lfw_158(work, args.epochs, args.rounds, args.image_size)
                               if stage == "lfw-158" else stage_orl(work))
             if stage not in ("base", "lfw-158"):
                 results[stage]["base_folder"] = str(BASE.relative_to(HERE.parent))

@@ -427,23 +427,67 @@ def unknown_calibration_words(calibration: dict) -> str:
 
 def cell_orl_unknown(seed: int, work: Path) -> dict:
     """Enrol 70% of ORL's people; strangers are the rest, never seen in training."""
+    enrolled, strangers = unknown_draw(orl_people(), seed)
+    return unknown_protocol(DATA / "orl", enrolled, strangers, recipe("default", seed), work)
+
+
+def orl_people() -> list[str]:
+    return sorted(p.name for p in (DATA / "orl").iterdir() if p.is_dir())
+
+
+def unknown_draw(people: list[str], seed: int) -> tuple[list[str], list[str]]:
+    """(enrolled, strangers): ``UNKNOWN_SHARE`` of ``people``, drawn with ``seed``, are never
+    enrolled."""
+    rng = np.random.default_rng(seed)
+    strangers = sorted(rng.choice(people, round(len(people) * UNKNOWN_SHARE), replace=False))
+    return [p for p in people if p not in strangers], strangers
+
+
+#: ``frozen_bn_tail`` settings for ``scratch``, chosen on ``orl-unknown-tune-*``: the unknown-
+#: people protocol inside seed 0's enrolled people's training photos (the strangers and held-out
+#: photos of ``orl-unknown-seed0`` choose nothing).
+BN_TAILS = (0.0, 0.15, 0.25)
+BN_TAIL_DRAWS = (1, 2)  # which of seed 0's enrolled people play the strangers
+
+
+def cell_orl_unknown_tune(tail: float, draw: int, work: Path) -> dict:
+    enrolled, _ = unknown_draw(orl_people(), 0)
+    train_photos = split_gallery_of(linked_gallery(enrolled, DATA / "orl", work / "enrolled"),
+                                    seed=0).train
+    inner = work / "inner"
+    for item in train_photos:  # links to those 196 training photos: nothing copied
+        (inner / item.person).mkdir(parents=True, exist_ok=True)
+        (inner / item.person / Path(item.path).name).symlink_to(Path(item.path).resolve())
+    inner_enrolled, inner_strangers = unknown_draw(enrolled, draw)
+    out = unknown_protocol(inner, inner_enrolled, inner_strangers,
+                           recipe("default", 0, frozen_bn_tail=tail), work)
+    out["validation"] = ("the unknown-people protocol on orl-unknown-seed0's enrolled people's "
+                         f"training photos only, strangers drawn with seed {draw}")
+    return out
+
+
+def split_gallery_of(gallery: Path, seed: int):
+    from facerank.data.gallery import scan_gallery, split_gallery
+
+    return split_gallery(scan_gallery(gallery), test_fraction=0.3, seed=seed)
+
+
+def unknown_protocol(root: Path, enrolled: list[str], strangers: list[str], config,
+                     work: Path) -> dict:
+    """Train on the ``enrolled`` people of ``root`` (whole images), index their training photos,
+    calibrate at 1% false accepts, then count the ``strangers``' photos rejected and the enrolled
+    people's held-out photos named right."""
     from facerank.quality.calibrate import calibrate
     from facerank.store import FaceStore
 
-    people = sorted(p.name for p in (DATA / "orl").iterdir() if p.is_dir())
-    rng = np.random.default_rng(seed)
-    strangers = sorted(rng.choice(people, round(len(people) * UNKNOWN_SHARE), replace=False))
-    enrolled = [p for p in people if p not in strangers]
-    gallery = linked_gallery(enrolled, DATA / "orl", work / "gallery")
-    config = recipe("default", seed)
+    gallery = linked_gallery(enrolled, root, work / "gallery")
     trained = train_and_evaluate(gallery, config, work / "store", None, faces="none")
     store = FaceStore.open(work / "store")
     split = json.loads((work / "store" / "train" / "split.json").read_text())
     # The gallery: the training photos of every enrolled person, as `index build` would add them.
     store.add([path for path, _ in split["train"]], person=[who for _, who in split["train"]])
     calibration = calibrate(store, far=0.01)
-    strangers_photos = [str(p) for person in strangers
-                        for p in sorted((DATA / "orl" / person).iterdir())]
+    strangers_photos = [str(p) for person in strangers for p in sorted((root / person).iterdir())]
     enrolled_matches = [m[0] for m in store.closest([p for p, _ in split["test"]], k=1)]
     truth = [who for _, who in split["test"]]
     stranger_matches = [m[0] for m in store.closest(strangers_photos, k=1)]
@@ -456,7 +500,8 @@ def cell_orl_unknown(seed: int, work: Path) -> dict:
             "stranger_queries": len(stranger_matches),
             "strangers_rejected": float(np.mean([store.is_unknown(m) for m in stranger_matches])),
             "closest_without_threshold": accuracy([m.person for m in enrolled_matches], truth),
-            "train": {k: trained[k] for k in ("classify", "closest", "train_seconds")}}
+            "train": {k: trained[k] for k in ("classify", "closest", "train_seconds")},
+            "frozen_bn_tail": config.frozen_bn_tail}
 
 
 def lfw_pairs():
@@ -891,6 +936,9 @@ def cells(args) -> list[tuple[str, callable]]:
         out += [(f"orl-default-seed{s}", lambda w, s=s: cell_orl_recipe("default", s, w))
                 for s in SEEDS]
         out += [("orl-unknown-seed0", lambda w: cell_orl_unknown(0, w))]
+        out += [(f"orl-unknown-tune-{tail}-draw{d}",
+                 lambda w, tail=tail, d=d: cell_orl_unknown_tune(tail, d, w))
+                for d in BN_TAIL_DRAWS for tail in BN_TAILS]
     if lfw:
         out += [("lfw-baselines-verification", cell_lfw_baselines_verification),
                 ("lfw-baselines-identification", cell_lfw_baselines_identification),

@@ -53,6 +53,10 @@ def train(
     frozen_bn: Optional[bool] = typer.Option(
         None, "--frozen-bn/--batch-bn", help="Batch norm: keep the starting weights' statistics "
         "while training (finetune's default) or learn from each batch (the other presets')."),
+    frozen_bn_tail: Optional[float] = typer.Option(
+        None, help="With batch statistics: the last share of the epochs trains with batch norm "
+        "frozen at the statistics learnt so far, as queries will see it (0 = never; default: "
+        "the preset's)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its checkpoint."),
     cached_features: bool = typer.Option(
         False, "--cached-features", help="freeze preset only: run the frozen layers once per "
@@ -100,7 +104,7 @@ def train(
                     batch_size=batch_size, feature_views=feature_views, loss=loss, margin=margin,
                     shear=shear, zoom=zoom, crop=crop, test_fraction=test_fraction, seed=seed,
                     cached_features=cached_features or None, balanced=balanced or None,
-                    keep=keep, frozen_bn=frozen_bn)
+                    keep=keep, frozen_bn=frozen_bn, frozen_bn_tail=frozen_bn_tail)
     name = config.preset
     folder = store_path(store)
     options = dict(resume=resume, faces=faces, face_model=face_model, no_face=no_face,

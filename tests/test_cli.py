@@ -82,6 +82,7 @@ def test_train_command(tmp_path, gallery):
     (["train", "{tmp}", "--preset", "fast", "--weights", "none"], "sgd, freeze, scratch"),
     (["train", "{tmp}", "--cached-features", "--weights", "none"], "trainable='last_stage'"),
     (["train", "{tmp}", "--frozen-bn", "--weights", "none"], "random initialisation has none"),
+    (["train", "{tmp}", "--frozen-bn-tail", "1", "--weights", "none"], "frozen_bn_tail must be"),
 ])
 def test_errors_are_one_clear_line_and_nonzero(tmp_path, args, message):
     result = invoke(*[a.replace("{tmp}", str(tmp_path)) for a in args])

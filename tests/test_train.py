@@ -132,6 +132,23 @@ def test_last_epoch_is_kept_unless_best_is_asked_for(tmp_path, micro_gallery):
     assert same_weights == (best.kept_epoch == 3)
 
 
+@pytest.mark.parametrize("tail", [0.0, 0.5])
+def test_a_frozen_bn_tail_trains_its_last_epochs_on_the_statistics_learnt_before(
+        tmp_path, micro_gallery, monkeypatch, tail):
+    config = preset("scratch", **MICRO, frozen_bn_tail=tail)  # 0.5 of 3 epochs: the last one
+    _train_until_interrupted(micro_gallery, tmp_path / "stopped", config, monkeypatch,
+                             at_evaluation=3)
+    after_two = torch.load(tmp_path / "stopped" / "train" / "checkpoint.pt",
+                           weights_only=True)["model"]
+    _quiet_train(micro_gallery, tmp_path / "whole", config, weights="none")
+    final = FaceModel.load(tmp_path / "whole").network.state_dict()
+    statistics = [key for key in final if key.endswith(("running_mean", "running_var"))]
+    kept = [torch.equal(final[key], after_two[key]) for key in statistics]
+    assert all(kept) if tail else not any(kept)
+    key = "layer4.2.conv3.weight"
+    assert not torch.equal(final[key], after_two[key])  # epoch 3 trained the weights either way
+
+
 @pytest.mark.parametrize("cached", [False, True])
 def test_freeze_preset_trains_only_the_last_stage(tmp_path, micro_gallery, cached):
     config = preset("freeze", **MICRO, cached_features=cached)

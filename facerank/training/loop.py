@@ -125,14 +125,14 @@ def set_trainable(network: nn.Module, trainable: str) -> list[nn.Parameter]:
     return [p for p in network.parameters() if p.requires_grad]
 
 
-def _train_mode(network: nn.Module, config: TrainConfig) -> None:
+def _train_mode(network: nn.Module, config: TrainConfig, epoch: int) -> None:
     network.train()
     if config.trainable == "last_stage":
         # Frozen stages keep their batch-norm statistics, as a frozen Keras base model does.
         for name, module in network.named_children():
             if name not in ("layer4", "fc"):
                 module.eval()
-    if config.frozen_bn:
+    if config.frozen_bn_at(epoch):
         for module in network.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
@@ -274,10 +274,12 @@ class Logits(nn.Module):
 
 def train_epoch(model: FaceModel, pixels: torch.Tensor, labels: torch.Tensor, order: torch.Tensor,
                 config: TrainConfig, optimizer: torch.optim.Optimizer, schedule,
-                loss_fn: nn.Module, *, use_bf16: bool, cached_view: torch.Tensor | None = None,
+                loss_fn: nn.Module, *, epoch: int, use_bf16: bool,
+                cached_view: torch.Tensor | None = None,
                 on_step: Callable[[], None] | None = None,
                 parallel: nn.Module | None = None) -> tuple[float, float]:
-    """One pass over ``order`` in batches: (mean training loss, training accuracy).
+    """One pass over ``order`` in batches, epoch ``epoch`` of ``config`` (1-based): (mean
+    training loss, training accuracy).
 
     ``pixels`` are uint8 images, augmented per batch; with ``cached_view`` (layer3 outputs of
     augmented images, see ``cached_features``) only layer4 and the head run. ``parallel``: this
@@ -286,7 +288,7 @@ def train_epoch(model: FaceModel, pixels: torch.Tensor, labels: torch.Tensor, or
     of all ranks; ``order`` is then this rank's share and ``config.batch_size`` its own batch.
     """
     network = model.network
-    _train_mode(network, config)
+    _train_mode(network, config, epoch)
     seen, loss_sum, correct = 0, 0.0, 0
     for start in range(0, len(order), config.batch_size):
         batch = order[start:start + config.batch_size]
@@ -490,7 +492,7 @@ def train(gallery: str | Path, store: str | Path, config: TrainConfig | None = N
             view = train_views[(epoch - 1) % len(train_views)] if train_views is not None else None
             train_loss, train_accuracy = train_epoch(
                 model, train_pixels, train_labels, order, rank_config, optimizer, schedule,
-                loss_fn, use_bf16=use_bf16, cached_view=view,
+                loss_fn, epoch=epoch, use_bf16=use_bf16, cached_view=view,
                 on_step=lambda: progress.advance(task), parallel=parallel)
             row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
                    "lr": optimizer.param_groups[-1]["lr"]}

@@ -174,7 +174,7 @@ def pretrain(corpus: str | Path, out: str | Path, config: TrainConfig | None = N
             epoch_started = time.perf_counter()
             order = epoch_order(labels, config.balanced, shuffle)
             loss, accuracy = train_epoch(model, train_pixels, labels, order, config, optimizer,
-                                         schedule, loss_fn, use_bf16=use_bf16,
+                                         schedule, loss_fn, epoch=epoch, use_bf16=use_bf16,
                                          on_step=lambda: progress.advance(task))
             row = {"epoch": epoch, "train_loss": loss, "train_accuracy": accuracy,
                    "lr": optimizer.param_groups[-1]["lr"]}

@@ -77,6 +77,12 @@ class TrainConfig:
     # on a few hundred photos with batch statistics let a few photos' activations grow
     # thousands of times over at query time, unseen in training (measured: see ``finetune``).
     frozen_bn: bool = False
+    # From random initialisation there are no statistics to keep, and batch statistics to the
+    # end leave the same query-time blow-ups. ``frozen_bn_tail``: the last share of the epochs
+    # (rounded down) trains with batch norm frozen at the statistics learnt so far, so the
+    # weights settle on the normalisation queries will get. Measured: benchmarks/recognition.py,
+    # cells ``orl-unknown-tune-*``.
+    frozen_bn_tail: float = 0.0
     bf16: bool | None = None        # bf16 autocast; None = where the CPU has native bf16 (AMX)
     test_fraction: float = 0.3      # stratified per person
     seed: int = 0
@@ -93,6 +99,14 @@ class TrainConfig:
     # holds views x images x 1024 x (image_size/16)^2 floats (112 px: 200 KB a view).
     cached_features: bool = False
     feature_views: int = 2
+
+    def frozen_bn_at(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (1-based) trains with batch norm frozen.
+
+        >>> [preset("scratch", epochs=4, frozen_bn_tail=0.5).frozen_bn_at(e) for e in (1, 2, 3, 4)]
+        [False, False, True, True]
+        """
+        return self.frozen_bn or epoch > self.epochs - int(self.frozen_bn_tail * self.epochs)
 
     def __post_init__(self):
         for name, value, choices in (("optimizer", self.optimizer, OPTIMIZERS),
@@ -117,6 +131,9 @@ class TrainConfig:
                              f"got {self.crop}")
         if self.feature_views < 1:
             raise UsageError(f"feature_views must be >= 1; got {self.feature_views}")
+        if not 0.0 <= self.frozen_bn_tail < 1.0:
+            raise UsageError(f"frozen_bn_tail must be in [0, 1) (a share of the epochs); "
+                             f"got {self.frozen_bn_tail}")
         if not 0.0 < self.backbone_lr <= 1.0:
             raise UsageError(f"backbone_lr must be in (0, 1] (a share of lr); "
                              f"got {self.backbone_lr}")
