@@ -1117,6 +1117,7 @@ def report(done: dict) -> str:
                   f"{100 * u['enrolled_accepted']:.1f}% |",
                   f"| same | accepted *and* named right | {100 * u['enrolled_accepted_and_right']:.1f}% |",
                   f"| same, without a threshold | named right | {100 * u['closest_without_threshold']:.1f}% |"]
+    lines += bn_tail_report(done)
 
     lines += ["", "## LFW View 1 verification (1,000 test pairs; threshold from the 2,200 "
               "training pairs)", ""]
@@ -1254,6 +1255,33 @@ def scenes_report(done: dict) -> list[str]:
                      "pasted (people are drawn more often than they have held-out photos).")
         notes.append(note)
     return lines + [""] + notes
+
+
+def bn_tail_report(done: dict) -> list[str]:
+    runs = [(tail, d, done[f"orl-unknown-tune-{tail}-draw{d}"]) for tail in BN_TAILS
+            for d in BN_TAIL_DRAWS if f"orl-unknown-tune-{tail}-draw{d}" in done]
+    if not runs:
+        return []
+    first = runs[0][2]
+    lines = ["", "### Choosing `scratch`'s `frozen_bn_tail` (validation inside the training "
+             "split)", "",
+             f"The same protocol inside `orl-unknown-seed0`'s training photos only: of its "
+             f"{first['enrolled_people'] + first['stranger_people']} enrolled people, "
+             f"{first['stranger_people']} play the strangers (drawn with the seed in the cell's "
+             f"name) and {first['enrolled_people']} are enrolled, 70/30 over their 7 training "
+             "photos each; the cell's strangers and held-out photos choose nothing. "
+             "`frozen_bn_tail`: the last share of the 40 epochs trains with batch norm frozen "
+             "at the statistics learnt so far.", "",
+             "| frozen_bn_tail (cell) | unknown threshold | strangers rejected | enrolled "
+             "named right | 1-NN without threshold | classify top-1 |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {tail} (`orl-unknown-tune-{tail}-draw{d}`) | "
+              f"{r['calibration']['unknown_threshold']:.3f} | "
+              f"{100 * r['strangers_rejected']:.1f}% | "
+              f"{100 * r['enrolled_accepted_and_right']:.1f}% | "
+              f"{100 * r['closest_without_threshold']:.1f}% | "
+              f"{100 * r['train']['classify']:.1f}% |" for tail, d, r in runs]
+    return lines
 
 
 def tuning_report(done: dict) -> list[str]:
