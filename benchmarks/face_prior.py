@@ -385,9 +385,10 @@ def report(results: dict) -> str:
                   f"Prior: `facerank pretrain --weights none` on the {prior['people']} LFW people "
                   f"with 2-9 photos ({prior['images']} photos; none of the 158 is among them), "
                   f"{prior['config']['image_size']} px, "
-                  + (f"{prior.get('rounds', 1)} rounds of " if prior.get("rounds", 1) > 1 else "")
-                  + f"{prior['config']['epochs']} epochs, "
-                  f"{prior['median_epoch_seconds']:.0f} s per epoch (median), "
+                  + (f"{prior.get('rounds', 1)} rounds of {prior['config']['epochs']} epochs "
+                     "(each from the round before's base), " if prior.get("rounds", 1) > 1
+                     else f"{prior['config']['epochs']} epochs, ")
+                  + f"{prior['median_epoch_seconds']:.0f} s per epoch (median), "
                   f"{prior['seconds'] / 60:.0f} min in all; then `facerank train --weights` "
                   "(`finetune`) on the 158 people's 70% and scored on their 30% "
                   f"({r['test_images']} photos, seed 0).", "",

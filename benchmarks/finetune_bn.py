@@ -14,32 +14,13 @@ Writes ``results/finetune_bn.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 
 import face_prior as fp
-
-
-def blow_up(store: Path) -> dict:
-    """Largest over median face print norm of the store's training photos, unnormalised."""
-    from facerank.faces.cache import read_file_input
-    from facerank.model.torch_model import FaceModel
-    from facerank.store import FaceStore
-
-    model = FaceModel.load(store)
-    model.config = dataclasses.replace(model.config, normalize_embeddings=False)
-    finder = FaceStore.open(store).faces
-    split = json.loads((store / "train" / "split.json").read_text())
-    images = [read_file_input(finder, path)[0] for path, _ in split["train"]]
-    norms = np.linalg.norm(model.embed([i for i in images if i is not None]), axis=1)
-    median = float(np.median(norms))
-    return {"max_over_median": float(norms.max() / median), "median_norm": median,
-            "photos_over_10x": int(np.sum(norms > 10 * median)), "photos": int(len(norms))}
 
 
 def lfw_47(work: Path, **overrides) -> dict:
@@ -54,9 +35,9 @@ def run(frozen_bn: bool) -> dict:
     work.mkdir(parents=True)
     started = time.perf_counter()
     orl = fp.stage_orl(work, frozen_bn=frozen_bn)
-    out = {"orl": orl, "orl_blow_up": blow_up(work / "unknown-store")}
+    out = {"orl": orl, "orl_blow_up": fp.rec.blow_up(work / "unknown-store")}
     out["lfw_47"] = lfw_47(work, frozen_bn=frozen_bn)
-    out["lfw_47_blow_up"] = blow_up(work / "lfw-store")
+    out["lfw_47_blow_up"] = fp.rec.blow_up(work / "lfw-store")
     out["seconds"] = round(time.perf_counter() - started, 1)
     shutil.rmtree(work, ignore_errors=True)
     return out

@@ -425,10 +425,11 @@ def unknown_calibration_words(calibration: dict) -> str:
             "within it). The stand-ins were trained on; the strangers below never were.")
 
 
-def cell_orl_unknown(seed: int, work: Path) -> dict:
+def cell_orl_unknown(seed: int, work: Path, **overrides) -> dict:
     """Enrol 70% of ORL's people; strangers are the rest, never seen in training."""
     enrolled, strangers = unknown_draw(orl_people(), seed)
-    return unknown_protocol(DATA / "orl", enrolled, strangers, recipe("default", seed), work)
+    return unknown_protocol(DATA / "orl", enrolled, strangers,
+                            recipe("default", seed, **overrides), work)
 
 
 def orl_people() -> list[str]:
@@ -472,6 +473,23 @@ def split_gallery_of(gallery: Path, seed: int):
     return split_gallery(scan_gallery(gallery), test_fraction=0.3, seed=seed)
 
 
+def blow_up(store: Path) -> dict:
+    """Largest over median face print norm of the store's training photos, unnormalised."""
+    from facerank.faces.cache import read_file_input
+    from facerank.model.torch_model import FaceModel
+    from facerank.store import FaceStore
+
+    model = FaceModel.load(store)
+    model.config = dataclasses.replace(model.config, normalize_embeddings=False)
+    finder = FaceStore.open(store).faces
+    split = json.loads((store / "train" / "split.json").read_text())
+    images = [read_file_input(finder, path)[0] for path, _ in split["train"]]
+    norms = np.linalg.norm(model.embed([i for i in images if i is not None]), axis=1)
+    median = float(np.median(norms))
+    return {"max_over_median": float(norms.max() / median), "median_norm": median,
+            "photos_over_10x": int(np.sum(norms > 10 * median)), "photos": int(len(norms))}
+
+
 def unknown_protocol(root: Path, enrolled: list[str], strangers: list[str], config,
                      work: Path) -> dict:
     """Train on the ``enrolled`` people of ``root`` (whole images), index their training photos,
@@ -501,7 +519,9 @@ def unknown_protocol(root: Path, enrolled: list[str], strangers: list[str], conf
             "strangers_rejected": float(np.mean([store.is_unknown(m) for m in stranger_matches])),
             "closest_without_threshold": accuracy([m.person for m in enrolled_matches], truth),
             "train": {k: trained[k] for k in ("classify", "closest", "train_seconds")},
-            "frozen_bn_tail": config.frozen_bn_tail}
+            "frozen_bn_tail": config.frozen_bn_tail,
+            # The gallery's training photos only: what frozen_bn_tail is chosen by.
+            "gallery_blow_up": blow_up(work / "store")}
 
 
 def lfw_pairs():
@@ -936,6 +956,9 @@ def cells(args) -> list[tuple[str, callable]]:
         out += [(f"orl-default-seed{s}", lambda w, s=s: cell_orl_recipe("default", s, w))
                 for s in SEEDS]
         out += [("orl-unknown-seed0", lambda w: cell_orl_unknown(0, w))]
+        out += [(f"orl-unknown-seed0-bn-tail-{tail}",
+                 lambda w, tail=tail: cell_orl_unknown(0, w, frozen_bn_tail=tail))
+                for tail in BN_TAILS if tail]
         out += [(f"orl-unknown-tune-{tail}-draw{d}",
                  lambda w, tail=tail, d=d: cell_orl_unknown_tune(tail, d, w))
                 for d in BN_TAIL_DRAWS for tail in BN_TAILS]
