@@ -7,9 +7,9 @@ fine-tune and score on others.
 * ``base``: ``facerank.training.pretrain`` on the people of ``peopleDevTrain.txt`` only (those with two or
   more photos train; 5% of them are held out for the per-epoch pair score). The base is cached in
   ``benchmarks/.cache/face_prior/base`` (not committed: ~95 MB); a rerun reuses it, an
-  interrupted one resumes from its checkpoint. ``--rounds 2`` pretrains a second round of
-  ``--epochs`` from the first round's base (``pretrain(weights=BASE)``, a fresh one-cycle
-  schedule), in ``base-round2``; the later stages use the last round's base.
+  interrupted one resumes from its checkpoint. ``--rounds N`` pretrains N rounds of
+  ``--epochs``, each from the round before's base (``pretrain(weights=BASE)``, a fresh one-cycle
+  schedule), in ``base-round2``, ``base-round3``...; the later stages use the last round's base.
 * ``lfw-pairs``: LFW View 1 verification with the base's own face prints (no fine-tuning): the
   threshold chosen on ``pairsDevTrain.txt``, scored on ``pairsDevTest.txt`` (other people).
 * ``lfw-identification``: the View 1 *test* people with >= 10 photos, 70/30, seed 0: fine-tuned
@@ -20,7 +20,8 @@ fine-tune and score on others.
   at 1% false accepts on their held-out split, count strangers rejected).
 * ``lfw-158``: the recognition benchmark's LFW identification split (158 people with >= 10
   photos, 70/30, seed 0), fine-tuned from another prior, pretrained from random initialisation
-  on the LFW people with 2-9 photos (none of the 158), cached in ``base-not-158``.
+  on the LFW people with 2-9 photos (none of the 158), in ``--rounds`` rounds as ``base``
+  (cached in ``base-not-158``, ``base-not-158-round2``...).
 
 Writes ``benchmarks/results/face_prior.{md,json}`` and curves under ``results/face_prior/``.
 No person whose photos are scored is ever trained on by the base. Every run starts from random
@@ -206,13 +207,21 @@ def stage_lfw_identification(work: Path, previous: dict) -> dict:
         "image_size": read_base_config(BASE).image_size}
     shutil.copyfile(work / "base-store" / "train" / "curves.png",
                     PLOTS / "lfw-identification-from-base-curves.png")
-    if "from_scratch" in previous:
-        out["from_scratch"] = previous["from_scratch"]
+    from dataclasses import asdict
+
+    from facerank.training.recipes import with_new_fields
+
+    config = rec.recipe("default", 0, balanced=True)
+    recipe_now = json.loads(json.dumps(asdict(config)))
+    earlier = previous.get("from_scratch", {})
+    if "config" in earlier and with_new_fields(earlier["config"]) == recipe_now:
+        out["from_scratch"] = earlier  # the same recipe: its figures stand
     else:
-        scratch = rec.train_and_evaluate(gallery, rec.recipe("default", 0, balanced=True),
-                                         work / "scratch-store", None, faces=rec.face_step())
+        scratch = rec.train_and_evaluate(gallery, config, work / "scratch-store", None,
+                                         faces=rec.face_step())
         out["from_scratch"] = {k: scratch[k] for k in ("classify", "top5", "f1", "closest",
                                                        "test_images", "train_seconds")}
+        out["from_scratch"]["config"] = recipe_now
     out["baselines_aligned"] = previous.get("baselines_aligned") or rec.baselines_on_aligned(split)
     return out
 

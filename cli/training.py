@@ -54,9 +54,9 @@ def train(
         None, "--frozen-bn/--batch-bn", help="Batch norm: keep the starting weights' statistics "
         "while training (finetune's default) or learn from each batch (the other presets')."),
     frozen_bn_tail: Optional[float] = typer.Option(
-        None, help="With batch statistics: the last share of the epochs trains with batch norm "
-        "frozen at the statistics learnt so far, as queries will see it (0 = never; default: "
-        "the preset's)."),
+        None, help="With batch statistics (--batch-bn): the last share of the epochs trains "
+        "with batch norm frozen at the statistics learnt so far, as queries will see it "
+        "(0 = never; scratch's default 0.15)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its checkpoint."),
     cached_features: bool = typer.Option(
         False, "--cached-features", help="freeze preset only: run the frozen layers once per "

@@ -136,17 +136,29 @@ def test_last_epoch_is_kept_unless_best_is_asked_for(tmp_path, micro_gallery):
 def test_a_frozen_bn_tail_trains_its_last_epochs_on_the_statistics_learnt_before(
         tmp_path, micro_gallery, monkeypatch, tail):
     config = preset("scratch", **MICRO, frozen_bn_tail=tail)  # 0.5 of 3 epochs: the last one
-    _train_until_interrupted(micro_gallery, tmp_path / "stopped", config, monkeypatch,
-                             at_evaluation=3)
-    after_two = torch.load(tmp_path / "stopped" / "train" / "checkpoint.pt",
-                           weights_only=True)["model"]
-    _quiet_train(micro_gallery, tmp_path / "whole", config, weights="none")
-    final = FaceModel.load(tmp_path / "whole").network.state_dict()
-    statistics = [key for key in final if key.endswith(("running_mean", "running_var"))]
+    store = tmp_path / "store"
+    _train_until_interrupted(micro_gallery, store, config, monkeypatch, at_evaluation=3)
+    after_two = torch.load(store / "train" / "checkpoint.pt", weights_only=True)["model"]
+    _quiet_train(micro_gallery, store, config, weights="none", resume=True)  # epoch 3
+    final = FaceModel.load(store).network.state_dict()
+    means = [key for key in final if key.endswith("running_mean")]
+    statistics = means + [key.replace("mean", "var") for key in means]
+    # Epochs 1-2 learnt statistics either way (batch norm starts at mean 0, variance 1).
+    assert not any(torch.all(after_two[key] == 0) for key in means)
     kept = [torch.equal(final[key], after_two[key]) for key in statistics]
     assert all(kept) if tail else not any(kept)
     key = "layer4.2.conv3.weight"
     assert not torch.equal(final[key], after_two[key])  # epoch 3 trained the weights either way
+
+
+def test_a_checkpoint_of_another_recipe_is_refused_naming_what_changed(
+        tmp_path, micro_gallery, monkeypatch):
+    store = tmp_path / "store"
+    _train_until_interrupted(micro_gallery, store, preset("scratch", **MICRO), monkeypatch,
+                             at_evaluation=2)
+    with pytest.raises(StoreMismatchError, match=r"frozen_bn_tail: 0\.15 -> 0\.0"):
+        _quiet_train(micro_gallery, store, preset("scratch", **MICRO, frozen_bn_tail=0.0),
+                     weights="none", resume=True)
 
 
 @pytest.mark.parametrize("cached", [False, True])

@@ -593,7 +593,8 @@ def restore_checkpoint(path: Path, meta: str, network: nn.Module, optimizer, sch
     return it (its epoch, history...). One made by another run (``meta`` differs) is refused."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if not _same_run(checkpoint["meta"], meta):
-        raise StoreMismatchError(f"{path} was made with other people or another recipe; "
+        raise StoreMismatchError(f"{path} was made with other people or another recipe"
+                                 f"{_recipe_difference(checkpoint['meta'], meta)}; "
                                  f"{command} without --resume to start afresh")
     network.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
@@ -608,6 +609,16 @@ def _same_run(saved_meta: str, meta: str) -> bool:
     saved, current = json.loads(saved_meta), json.loads(meta)
     saved["config"] = with_new_fields(saved["config"])
     return saved == current
+
+
+def _recipe_difference(saved_meta: str, meta: str) -> str:
+    """The recipe fields a refused checkpoint differs in, as " (field: then -> now, ...)"; ""
+    when the recipe is the same (the people differ)."""
+    saved = with_new_fields(json.loads(saved_meta)["config"])
+    current = json.loads(meta)["config"]
+    changed = [f"{key}: {saved.get(key)!r} -> {value!r}" for key, value in current.items()
+               if saved.get(key) != value]
+    return f" ({', '.join(changed)})" if changed else ""
 
 
 def save_checkpoint(path: Path, checkpoint: dict) -> None:

@@ -27,6 +27,7 @@ True
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, replace
 
 from facerank.errors import UsageError
@@ -81,8 +82,8 @@ class TrainConfig:
     # From random initialisation there are no statistics to keep, and batch statistics to the
     # end leave the same query-time blow-ups. ``frozen_bn_tail``: the last share of the epochs
     # (rounded down) trains with batch norm frozen at the statistics learnt so far, so the
-    # weights settle on the normalisation queries will get. Measured: benchmarks/recognition.py,
-    # cells ``orl-unknown-seed0*``.
+    # weights settle on the normalisation queries will get (``scratch``'s default; ignored
+    # with ``frozen_bn``, which freezes every epoch).
     frozen_bn_tail: float = 0.0
     bf16: bool | None = None        # bf16 autocast; None = where the CPU has native bf16 (AMX)
     test_fraction: float = 0.3      # stratified per person
@@ -107,7 +108,9 @@ class TrainConfig:
         >>> [preset("scratch", epochs=4, frozen_bn_tail=0.5).frozen_bn_at(e) for e in (1, 2, 3, 4)]
         [False, False, True, True]
         """
-        return self.frozen_bn or epoch > self.epochs - int(self.frozen_bn_tail * self.epochs)
+        # round() first: 0.35 * 180 is 62.99999... in floating point, and means 63 epochs.
+        tail_epochs = math.floor(round(self.frozen_bn_tail * self.epochs, 6))
+        return self.frozen_bn or epoch > self.epochs - tail_epochs
 
     def __post_init__(self):
         for name, value, choices in (("optimizer", self.optimizer, OPTIMIZERS),
@@ -135,6 +138,9 @@ class TrainConfig:
         if not 0.0 <= self.frozen_bn_tail < 1.0:
             raise UsageError(f"frozen_bn_tail must be in [0, 1) (a share of the epochs); "
                              f"got {self.frozen_bn_tail}")
+        if self.frozen_bn and self.frozen_bn_tail:
+            raise UsageError("frozen_bn already freezes batch norm in every epoch; "
+                             "frozen_bn_tail is for training on batch statistics (--batch-bn)")
         if not 0.0 < self.backbone_lr <= 1.0:
             raise UsageError(f"backbone_lr must be in (0, 1] (a share of lr); "
                              f"got {self.backbone_lr}")
@@ -147,8 +153,10 @@ PRESETS: dict[str, TrainConfig] = {
                           trainable="last_stage", bf16=False),
     # The last 15% of the epochs (6 of 40) train with batch norm frozen at the statistics
     # learnt so far: trained on batch statistics to the end, a few gallery photos' face prints
-    # came out up to 21 times the median length at query time and became every stranger's
-    # nearest match ("unknown" then named 4.8% of enrolled people right; with the tail 69%).
+    # came out up to 21 times the median length at query time, and the unknown threshold
+    # calibrated among them collapsed (it named 4.8% of enrolled people's held-out photos
+    # right; with the tail 69%). Chosen on the gallery's blow-up alone: recognition.py's
+    # orl-unknown-seed0-bn-tail-* cells.
     "scratch": TrainConfig(preset="scratch", optimizer="adamw", lr=2e-3, weight_decay=0.05,
                            batch_size=32, epochs=40, schedule="onecycle", image_size=64,
                            label_smoothing=0.1, frozen_bn_tail=0.15),
@@ -171,7 +179,8 @@ def preset(name: str, **overrides) -> TrainConfig:
 
     Changing the loss without a margin gives the new loss's default (``MARGIN`` for CosFace and
     ArcFace, 0 for softmax); a margin loss on a softmax preset also drops label smoothing, as
-    the margin heads are meant to train.
+    the margin heads are meant to train. ``frozen_bn=True`` without a ``frozen_bn_tail`` drops
+    the preset's tail (every epoch is frozen already).
 
     >>> facerank.preset("sgd", epochs=10).epochs
     10
@@ -181,6 +190,8 @@ def preset(name: str, **overrides) -> TrainConfig:
     if name not in PRESETS:
         raise UsageError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     overrides = {key: value for key, value in overrides.items() if value is not None}
+    if overrides.get("frozen_bn"):  # frozen in every epoch: no tail of frozen epochs to add
+        overrides.setdefault("frozen_bn_tail", 0.0)
     if overrides.get("loss", PRESETS[name].loss) != PRESETS[name].loss:
         overrides.setdefault("margin", None)  # resolved by TrainConfig to the loss's default
         if PRESETS[name].loss == "softmax":
