@@ -136,13 +136,13 @@ def test_a_checkpoint_from_before_a_new_recipe_field_resumes_as_its_default():
     frozen = {**config, "frozen_bn": True}  # the older run learnt batch statistics: not this one
     assert not _same_run(older, json.dumps({"people": ["a", "b"], "config": frozen}))
     # A scratch run saved before frozen_bn_tail trained on batch statistics to the end: the
-    # same run as --frozen-bn-tail 0, not as today's scratch.
+    # same run as today's scratch, not as one with a tail.
     scratch = asdict(preset("scratch"))
     before_tail = json.dumps({"people": ["a"], "config": {k: v for k, v in scratch.items()
                                                           if k != "frozen_bn_tail"}})
-    assert not _same_run(before_tail, json.dumps({"people": ["a"], "config": scratch}))
-    untailed = asdict(preset("scratch", frozen_bn_tail=0.0))
-    assert _same_run(before_tail, json.dumps({"people": ["a"], "config": untailed}))
+    assert _same_run(before_tail, json.dumps({"people": ["a"], "config": scratch}))
+    tailed = asdict(preset("scratch", frozen_bn_tail=0.15))
+    assert not _same_run(before_tail, json.dumps({"people": ["a"], "config": tailed}))
 
 
 def test_a_resumed_pretrain_continues_from_its_checkpoint(base, corpus, tmp_path):

@@ -228,8 +228,8 @@ def unknown_caveat(stand_ins: int, far: float, unreached: int = 0, *,
         words += (f"; it names only {identified:.0%} of the gallery people's held-out photos "
                   "right, so most true matches would be answered unknown: a few gallery photos "
                   "lie nearest to everyone (a network trained on batch statistics to its last "
-                  "epoch can blow some face prints up at query time: `train --frozen-bn-tail`, "
-                  "scratch's default, or fine-tuning from a face base avoid it), or the model "
+                  "epoch can blow some face prints up at query time: train again with "
+                  "`--frozen-bn-tail 0.15`, or fine-tune from a face base), or the model "
                   "separates its people poorly")
     return words
 
