@@ -259,15 +259,20 @@ def stage_lfw_158(work: Path, epochs: int, rounds: int, image_size: int | None) 
         "folder": str(folder.relative_to(HERE.parent))}}
 
 
-def stage_orl(work: Path, **overrides) -> dict:
-    """ORL's 40 people, and its unknown-people protocol, fine-tuned from the base (``overrides``:
-    recipe fields, as ``finetune_bn.py`` asks for)."""
+def stage_orl(work: Path, seeds: tuple[int, ...] = (0,), **overrides) -> dict:
+    """ORL's 40 people (70/30 splits of ``seeds``; the first is ``identification``), and its
+    unknown-people protocol, fine-tuned from the base (``overrides``: recipe fields, as
+    ``finetune_bn.py`` asks for)."""
     from facerank.quality.calibrate import calibrate
     from facerank.store import FaceStore
 
     out = {}
-    trained = from_base(rec.DATA / "orl", work / "orl-store", **overrides)
+    trained = from_base(rec.DATA / "orl", work / "orl-store", seed=seeds[0], **overrides)
     out["identification"] = scored(work / "orl-store", trained)
+    out["identification_seeds"] = {seeds[0]: out["identification"]}
+    for seed in seeds[1:]:
+        trained = from_base(rec.DATA / "orl", work / f"orl-store-{seed}", seed=seed, **overrides)
+        out["identification_seeds"][seed] = scored(work / f"orl-store-{seed}", trained)
     # Unknown people, as recognition.py's orl-unknown cell: 70% enrolled, the rest strangers.
     people = sorted(p.name for p in (rec.DATA / "orl").iterdir() if p.is_dir())
     rng = np.random.default_rng(0)
@@ -421,6 +426,7 @@ def report(results: dict) -> str:
                   f"| identification top-1, 70/30 seed 0 (classify) | {pct(r['classify'])} | "
                   ">= 99.5% |",
                   f"| identification 1-NN (closest) | {pct(r['closest'])} | |",
+                  *seeds_rows(orl),
                   f"| strangers rejected at 1% false accepts ({u['stranger_queries']} photos of "
                   f"{u['stranger_people']} people never enrolled) | {pct(u['strangers_rejected'])}"
                   " | >= 90% |",
@@ -429,6 +435,21 @@ def report(results: dict) -> str:
                   f"{u['enrolled_people']} people enrolled; "
                   f"{rec.unknown_calibration_words(u['calibration'])}", ""]
     return "\n".join(lines) + "\n"
+
+
+def seeds_rows(orl: dict) -> list[str]:
+    """Top-1 and 1-NN over every seed the stage ran, as 'mean (each seed)'."""
+    runs = orl.get("identification_seeds", {})
+    if len(runs) < 2:
+        return []
+    each = [runs[k] for k in sorted(runs, key=int)]
+
+    def spread(key: str) -> str:
+        return (f"{100 * np.mean([r[key] for r in each]):.1f}% "
+                f"({', '.join(f'{100 * r[key]:.1f}' for r in each)})")
+    seeds = ", ".join(str(k) for k in sorted(runs, key=int))
+    return [f"| identification top-1, seeds {seeds} (mean, then each) | {spread('classify')} | "
+            ">= 99.5% |", f"| identification 1-NN, seeds {seeds} | {spread('closest')} | |"]
 
 
 def main() -> None:
@@ -467,7 +488,7 @@ def main() -> None:
                               stage_lfw_identification(work, previous)
                               if stage == "lfw-identification" else
                               stage_lfw_158(work, args.epochs, args.rounds, args.image_size)
-                              if stage == "lfw-158" else stage_orl(work))
+                              if stage == "lfw-158" else stage_orl(work, rec.SEEDS))
             if stage not in ("base", "lfw-158"):
                 results[stage]["base_folder"] = str(BASE.relative_to(HERE.parent))
             results[stage]["stage_seconds"] = round(time.perf_counter() - started, 1)
