@@ -153,8 +153,8 @@ PRESETS: dict[str, TrainConfig] = {
                           trainable="last_stage", bf16=False),
     # Batch statistics to the end (no frozen_bn_tail): freezing the last 15% of epochs makes
     # "unknown" usable (recognition.py, orl-unknown-seed0-bn-tail-*: enrolled photos named
-    # right 4.8% -> 69%) but cost ORL top-1 2.2 points over three seeds (98.9% -> 96.7% on
-    # aligned faces), and classifying is what most stores do. `calibrate` points to the tail.
+    # right 4.8% -> 69%) at a cost in ORL top-1 over three seeds (one photo of 360 on whole
+    # images, two on aligned faces) that every store would pay; `calibrate` points to it.
     "scratch": TrainConfig(preset="scratch", optimizer="adamw", lr=2e-3, weight_decay=0.05,
                            batch_size=32, epochs=40, schedule="onecycle", image_size=64,
                            label_smoothing=0.1),
